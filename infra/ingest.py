@@ -31,7 +31,7 @@ import pandas as pd
 import zarr
 from zarr.codecs import BloscCodec
 
-from infra.bids import BoldRun, Dataset
+from infra.bids import BoldRun
 from infra.storage import Store, filesystem, is_remote
 from processing.ingest import inspect_bold_header, validate_events
 from processing.ingest.nifti import NiftiInputError
@@ -78,12 +78,12 @@ def sha256_of(fs: Any, path: str) -> str:
 
 
 @contextmanager
-def local_copy(dataset: Dataset, path: str) -> Iterator[str]:
+def local_copy(dataset_url: str, path: str) -> Iterator[str]:
     """A local path for a dataset file (downloaded to a temporary file when remote)."""
-    if not is_remote(dataset.url):
+    if not is_remote(dataset_url):
         yield path
         return
-    fs, _ = filesystem(dataset.url)
+    fs, _ = filesystem(dataset_url)
     suffix = ".nii.gz" if path.endswith(".gz") else ".nii"
     fd, tmp = tempfile.mkstemp(suffix=suffix, prefix="boldcloud-")
     os.close(fd)
@@ -94,7 +94,7 @@ def local_copy(dataset: Dataset, path: str) -> Iterator[str]:
         os.unlink(tmp)
 
 
-def read_events(dataset: Dataset, run: BoldRun, n_volumes: int, tr_s: float) -> pd.DataFrame:
+def read_events(dataset_url: str, run: BoldRun, n_volumes: int, tr_s: float) -> pd.DataFrame:
     """The run's validated events table (empty table for preprocessed input without one)."""
     if run.events is None:
         if run.preprocessed:
@@ -102,12 +102,14 @@ def read_events(dataset: Dataset, run: BoldRun, n_volumes: int, tr_s: float) -> 
         raise NiftiInputError(
             f"{run.bold.path}: no events file; add {run.key}_events.tsv beside the BOLD file."
         )
-    fs, _ = filesystem(dataset.url)
+    fs, _ = filesystem(dataset_url)
     raw = pd.read_csv(io.BytesIO(fs.cat_file(run.events.path)), sep="\t", na_values=["n/a"])
     return validate_events(raw, n_volumes * tr_s, source=run.events.path)
 
 
-def ingest_run(dataset: Dataset, run: BoldRun, store: Store) -> IngestResult:
+def ingest_run(
+    dataset_url: str, run: BoldRun, store: Store, sha: str | None = None
+) -> IngestResult:
     """Convert one run to Zarr in ``store`` (replacing an older conversion of it).
 
     Raises
@@ -115,12 +117,12 @@ def ingest_run(dataset: Dataset, run: BoldRun, store: Store) -> IngestResult:
     NiftiInputError, EventsError
         With the file name and the fix; the caller records the failure and goes on.
     """
-    fs, _ = filesystem(dataset.url)
-    sha = sha256_of(fs, run.bold.path)
-    with local_copy(dataset, run.bold.path) as local:
+    if sha is None:
+        sha = sha256_of(filesystem(dataset_url)[0], run.bold.path)
+    with local_copy(dataset_url, run.bold.path) as local:
         header, header_bytes = _read_header(local, run.bold.path)
         info = inspect_bold_header(header, run.sidecar, source=run.bold.path)
-        events = read_events(dataset, run, info.shape[3], info.tr_s)
+        events = read_events(dataset_url, run, info.shape[3], info.tr_s)
         key = run_zarr_key(run)
         nx, ny, nz, nt = info.shape
         dtype = np.dtype(header.get_data_dtype()).newbyteorder("=")
@@ -132,7 +134,7 @@ def ingest_run(dataset: Dataset, run: BoldRun, store: Store) -> IngestResult:
         group.attrs.update(
             {
                 "ome": _ome_attrs(run.key, info.tr_s, info.zooms_mm),
-                "boldcloud": _run_attrs(dataset, run, info, sha, events, per_chunk),
+                "boldcloud": _run_attrs(dataset_url, run, info, sha, events, per_chunk),
             }
         )
     return IngestResult(run.key, key, sha, (nt, nz, ny, nx), str(dtype), per_chunk, info.warnings)
@@ -228,17 +230,20 @@ def _ome_attrs(name: str, tr_s: float, zooms_mm) -> dict:
     }
 
 
-def _run_attrs(dataset: Dataset, run: BoldRun, info, sha: str, events, per_chunk: int) -> dict:
+def _run_attrs(dataset_url: str, run: BoldRun, info, sha: str, events, per_chunk: int) -> dict:
+    def url_of(path: str) -> str:
+        return f"s3://{path}" if dataset_url.startswith("s3://") else path
+
     return {
         "complete": True,
         "ingest_version": INGEST_VERSION,
         "source": {
-            "url": dataset.url_of(run.bold.path),
+            "url": url_of(run.bold.path),
             "sha256": sha,
             "size": run.bold.size,
             "fingerprint": run.bold.fingerprint,
-            "sidecars": [dataset.url_of(p) for p in run.sidecar_files],
-            "events": dataset.url_of(run.events.path) if run.events else None,
+            "sidecars": [url_of(p) for p in run.sidecar_files],
+            "events": url_of(run.events.path) if run.events else None,
         },
         "entities": dict(run.entities),
         "sidecar": run.sidecar,

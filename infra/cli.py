@@ -1,0 +1,218 @@
+"""The ``boldcloud`` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from infra.storage import Store
+
+console = Console(stderr=False)
+
+
+def _executor(args):
+    from infra.clusters import make_executor
+
+    return make_executor(args.cluster, workers=args.workers, retries=1)
+
+
+def _add_execution(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes of the local Dask cluster (default: one per core)",
+    )
+    parser.add_argument(
+        "--cluster",
+        default="local",
+        help="'local' (Dask LocalCluster, default), 'inprocess' (no Dask), or a "
+        "scheduler address tcp://HOST:PORT",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        help="attempts after the first for a failing task (default 2)",
+    )
+
+
+def cmd_validate(args) -> int:
+    from infra.study import load_study
+    from infra.validate import dataset_issues
+
+    study = load_study(args.study)
+    issues = list(study.issues)
+    if not issues:
+        _, found = dataset_issues(study)
+        issues += found
+    errors = [i for i in issues if i.severity == "error"]
+    for issue in issues:
+        colour = "red" if issue.severity == "error" else "yellow"
+        console.print(f"[{colour}]{issue.severity}[/] {issue}", highlight=False)
+    if errors:
+        console.print(f"{len(errors)} error(s) in {args.study} or its dataset.")
+        return 1
+    console.print(f"{args.study}: valid ({len(issues)} warning(s)); dataset {study.dataset_url}")
+    return 0
+
+
+def cmd_ingest(args) -> int:
+    from infra.bids import discover
+    from infra.runner import print_summary, run_ingest
+
+    dataset = discover(args.bids, args.task or None, args.subject or None, args.session or None)
+    for problem in dataset.problems:
+        console.print(f"[yellow]skipped[/] {problem.file}: {problem.message}", highlight=False)
+    store = Store(args.store)
+    executor = _executor(args)
+    try:
+        report = run_ingest(dataset, store, executor, console, args.retries, args.force)
+    finally:
+        executor.close()
+    code = print_summary([report], store, console)
+    console.print(f"Runs are in {store.full_url('raw')}; manifest in {store.full_url('manifest')}")
+    return code or (1 if dataset.problems else 0)
+
+
+def cmd_run(args) -> int:
+    from infra.bids import discover
+    from infra.runner import print_summary, run_ingest
+    from infra.study import load_study
+
+    study = load_study(args.study, store_override=args.store)
+    if study.issues:
+        for issue in study.issues:
+            console.print(f"[red]error[/] {issue}", highlight=False)
+        return 2
+    if not study.store_url:
+        console.print("[red]error[/] no store: add 'store:' to the study file or pass --store.")
+        return 2
+    dataset = discover(
+        study.dataset_url, study.tasks, study.select("subjects"), study.select("sessions")
+    )
+    store = Store(study.store_url)
+    store.write_bytes("study.yaml", Path(args.study).read_bytes())
+    executor = _executor(args)
+    try:
+        reports = [run_ingest(dataset, store, executor, console, args.retries)]
+    finally:
+        executor.close()
+    code = print_summary(reports, store, console)
+    console.print(f"Results are in {store.full_url('')}")
+    return code
+
+
+def cmd_status(args) -> int:
+    from infra.manifest import STATES, Manifest, summarise
+
+    store = Store(args.store)
+    records = Manifest(store).records()
+    if not records:
+        console.print(f"No tasks recorded in {store.url} yet.")
+        return 0
+    summary = summarise(records)
+    table = Table(title=f"{store.url}: {len(records)} tasks")
+    table.add_column("stage")
+    for state in STATES:
+        table.add_column(state, justify="right")
+    for stage, counts in summary["stages"].items():
+        table.add_row(stage, *(str(counts.get(s, 0)) for s in STATES))
+    console.print(table)
+    for failure in summary["failed"]:
+        console.print(f"[red]failed[/] {failure['task']}: {failure['error']}", highlight=False)
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from processing.simulate import simulate_study
+
+    summary = simulate_study(
+        args.out, subjects=args.subjects, sites=args.sites, seed=args.seed, size=args.size
+    )
+    console.print(f"Simulated BIDS dataset in {args.out}")
+    console.print(summary)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from infra.ingest import export_nifti
+
+    export_nifti(Store(args.store), args.run, args.out)
+    console.print(f"Wrote {args.out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from infra.demo import run_demo
+
+    return run_demo(Path(args.out), subjects=args.subjects, workers=args.workers, console=console)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (also used to document the CLI)."""
+    parser = argparse.ArgumentParser(prog="boldcloud", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a study file and its dataset; report every problem")
+    p.add_argument("study")
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("ingest", help="convert a BIDS dataset's runs to Zarr in a store")
+    p.add_argument("bids", help="BIDS root: local path or s3://bucket/prefix")
+    p.add_argument("--store", required=True, help="output store: local path or s3://bucket/prefix")
+    p.add_argument("--task", action="append", help="only this task (repeatable)")
+    p.add_argument("--subject", action="append", help="only this subject label (repeatable)")
+    p.add_argument("--session", action="append", help="only this session label (repeatable)")
+    p.add_argument("--force", action="store_true", help="convert even runs that are up to date")
+    _add_execution(p)
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("run", help="run a study's stages (resumable, incremental)")
+    p.add_argument("study")
+    p.add_argument("--store", help="override the study's store URL")
+    _add_execution(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("status", help="task counts per stage and failures from the manifest")
+    p.add_argument("--store", required=True)
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("simulate", help="write a simulated reference-study BIDS dataset")
+    p.add_argument("out")
+    p.add_argument("--subjects", type=int, default=20)
+    p.add_argument("--sites", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", choices=["full", "small"], default="full")
+    p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("export", help="write an ingested run back to NIfTI")
+    p.add_argument("run", help="store key of the run, e.g. raw/sub-01/ses-pre/func/..._bold.zarr")
+    p.add_argument("out", help="output .nii or .nii.gz")
+    p.add_argument("--store", required=True)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("demo", help="simulate a small study and run the pipeline on it locally")
+    p.add_argument("--out", default="demo-output")
+    p.add_argument("--subjects", type=int, default=4)
+    p.add_argument("--workers", type=int, default=None)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``boldcloud`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        console.print("Interrupted. Finished tasks are recorded; run the same command to resume.")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""Run stages: plan tasks, execute them on an executor, record everything, summarise."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from infra.bids import Dataset
+from infra.manifest import Manifest, TaskRecord
+from infra.stages_ingest import plan_ingest
+from infra.storage import Store
+from infra.tasks import TaskSpec, execute
+
+
+@dataclass
+class StageReport:
+    """What one stage did in this invocation."""
+
+    stage: str
+    ran: list[TaskRecord] = field(default_factory=list)
+    up_to_date: list[TaskRecord] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[TaskRecord]:
+        return [r for r in self.ran if r.state == "failed"]
+
+    @property
+    def done(self) -> list[TaskRecord]:
+        return [r for r in self.ran if r.state == "done"]
+
+
+def execute_specs(
+    specs: list[TaskSpec], executor, console: Console, label: str
+) -> list[TaskRecord]:
+    """Run specs on ``executor`` with a progress bar; a lost worker becomes a failed record."""
+    if not specs:
+        return []
+    keys = [f"{s.task_id}-{uuid.uuid4().hex[:8]}" for s in specs]
+    records = []
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        bar = progress.add_task(label, total=len(specs))
+        for spec, result in executor.map_unordered(execute, specs, keys):
+            if isinstance(result, BaseException):
+                result = _lost(spec, result)
+            records.append(result)
+            progress.advance(bar)
+    return records
+
+
+def _lost(spec: TaskSpec, err: BaseException) -> TaskRecord:
+    record = spec.record
+    record.attempts = max(record.attempts, 1)
+    record.mark_finished("failed", f"{type(err).__name__}: {err} (worker lost or cancelled)")
+    Manifest(Store(spec.store_url)).put(record)
+    return record
+
+
+def run_ingest(
+    dataset: Dataset,
+    store: Store,
+    executor,
+    console: Console,
+    retries: int = 2,
+    force: bool = False,
+) -> StageReport:
+    """Plan and run the ingest stage for every run of ``dataset``."""
+    todo, current = plan_ingest(dataset, store, retries=retries, force=force)
+    report = StageReport("ingest", up_to_date=current)
+    report.ran = execute_specs(todo, executor, console, f"ingest ({len(todo)} runs)")
+    Manifest(store).write_index()
+    return report
+
+
+def print_summary(reports: list[StageReport], store: Store, console: Console) -> int:
+    """A table per stage and the failures; returns the process exit code."""
+    table = Table(title=f"boldcloud: {store.url}")
+    for column in ("stage", "ran ok", "up to date", "failed"):
+        table.add_column(column, justify="right" if column != "stage" else "left")
+    for rep in reports:
+        table.add_row(
+            rep.stage,
+            str(len(rep.done)),
+            str(len(rep.up_to_date)),
+            f"[red]{len(rep.failed)}[/]" if rep.failed else "0",
+        )
+    console.print(table)
+    failed = [r for rep in reports for r in rep.failed]
+    for rec in failed:
+        console.print(f"[red]FAILED[/] {rec.task_id} after {rec.attempts} attempt(s): {rec.error}")
+    warnings = [(r.task_id, w) for rep in reports for r in rep.done for w in r.warnings]
+    for task_id, warning in warnings:
+        console.print(f"[yellow]warning[/] {task_id}: {warning}")
+    if failed:
+        console.print(
+            f"{len(failed)} task(s) failed; fix the inputs named above and run again "
+            "(finished tasks are not redone)."
+        )
+    return 1 if failed else 0
