@@ -11,7 +11,7 @@ from rich.table import Table
 
 from infra.storage import Store
 
-console = Console(stderr=False)
+console = Console(soft_wrap=True)
 
 
 def _executor(args):

@@ -184,6 +184,7 @@ def _stream_volumes(
                     )
                 block = np.frombuffer(buffer, dtype=disk_dtype).reshape(count, nz, ny, nx)
                 yield start, block.astype(disk_dtype.newbyteorder("="), copy=False)
+            handle.read()  # reach the end of the gzip stream so its CRC-32 is verified
     except (EOFError, zlib.error, gzip.BadGzipFile) as err:
         raise NiftiInputError(
             f"{source}: compressed data are corrupt or truncated ({err}). Re-copy the file from "
