@@ -80,8 +80,7 @@ def cmd_ingest(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from infra.bids import discover
-    from infra.runner import print_summary, run_ingest
+    from infra.runner import run_study
     from infra.study import load_study
 
     study = load_study(args.study, store_override=args.store)
@@ -92,19 +91,11 @@ def cmd_run(args) -> int:
     if not study.store_url:
         console.print("[red]error[/] no store: add 'store:' to the study file or pass --store.")
         return 2
-    dataset = discover(
-        study.dataset_url, study.tasks, study.select("subjects"), study.select("sessions")
-    )
-    store = Store(study.store_url)
-    store.write_bytes("study.yaml", Path(args.study).read_bytes())
     executor = _executor(args)
     try:
-        reports = [run_ingest(dataset, store, executor, console, args.retries)]
+        return run_study(study, executor, console, args.retries)
     finally:
         executor.close()
-    code = print_summary(reports, store, console)
-    console.print(f"Results are in {store.full_url('')}")
-    return code
 
 
 def cmd_status(args) -> int:

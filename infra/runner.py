@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from infra.bids import Dataset
+from infra.bids import Dataset, discover
 from infra.manifest import Manifest, TaskRecord
 from infra.stages_ingest import plan_ingest
 from infra.storage import Store
+from infra.study import Study
 from infra.tasks import TaskSpec, execute
 
 
@@ -106,3 +108,18 @@ def print_summary(reports: list[StageReport], store: Store, console: Console) ->
             "(finished tasks are not redone)."
         )
     return 1 if failed else 0
+
+
+def run_study(study: Study, executor, console: Console, retries: int = 2) -> int:
+    """Run every stage of the table for ``study``; returns the exit code."""
+    dataset = discover(
+        study.dataset_url, study.tasks, study.select("subjects"), study.select("sessions")
+    )
+    for problem in dataset.problems:
+        console.print(f"[yellow]skipped[/] {problem.file}: {problem.message}", highlight=False)
+    store = Store(study.store_url)
+    store.write_bytes("study.yaml", Path(study.path).read_bytes())
+    reports = [run_ingest(dataset, store, executor, console, retries)]
+    code = print_summary(reports, store, console)
+    console.print(f"Results are in {store.full_url('')} (manifest: {store.full_url('manifest')})")
+    return code
