@@ -1,4 +1,8 @@
-"""Run stages: plan tasks, execute them on an executor, record everything, summarise."""
+"""Run the stage table: plan each stage, execute its tasks, record everything, summarise.
+
+Stages run in table order with a barrier between them (a stage plans from its upstream
+records, so it starts once they are final).
+"""
 
 from __future__ import annotations
 
@@ -12,10 +16,12 @@ from rich.table import Table
 
 from infra.bids import Dataset, discover
 from infra.manifest import Manifest, TaskRecord
-from infra.stages_ingest import plan_ingest
+from infra.pipeline import PlanContext
+from infra.stages import ADAPTERS
 from infra.storage import Store
 from infra.study import Study
 from infra.tasks import TaskSpec, execute
+from processing.stages import STAGES
 
 
 @dataclass
@@ -25,6 +31,7 @@ class StageReport:
     stage: str
     ran: list[TaskRecord] = field(default_factory=list)
     up_to_date: list[TaskRecord] = field(default_factory=list)
+    excluded: list[TaskRecord] = field(default_factory=list)
 
     @property
     def failed(self) -> list[TaskRecord]:
@@ -67,6 +74,28 @@ def _lost(spec: TaskSpec, err: BaseException) -> TaskRecord:
     return record
 
 
+def run_pipeline(
+    ctx: PlanContext, executor, console: Console, stages: list[str] | None = None
+) -> list[StageReport]:
+    """Plan and run each stage of the table (or only ``stages``), in order."""
+    manifest = Manifest(ctx.store)
+    reports = []
+    for entry in STAGES:
+        if stages is not None and entry.name not in stages:
+            continue
+        if entry.name not in ADAPTERS:
+            raise RuntimeError(f"stage {entry.name!r} has no engine adapter in infra/stages")
+        plan = ADAPTERS[entry.name](ctx)
+        for record in plan.excluded:
+            manifest.put(record)
+        label = f"{entry.name} ({len(plan.todo)} tasks)"
+        ran = execute_specs(plan.todo, executor, console, label)
+        ctx.update(ran + plan.excluded)
+        reports.append(StageReport(entry.name, ran, plan.current, plan.excluded))
+    manifest.write_index()
+    return reports
+
+
 def run_ingest(
     dataset: Dataset,
     store: Store,
@@ -75,33 +104,32 @@ def run_ingest(
     retries: int = 2,
     force: bool = False,
 ) -> StageReport:
-    """Plan and run the ingest stage for every run of ``dataset``."""
-    todo, current = plan_ingest(dataset, store, retries=retries, force=force)
-    report = StageReport("ingest", up_to_date=current)
-    report.ran = execute_specs(todo, executor, console, f"ingest ({len(todo)} runs)")
-    Manifest(store).write_index()
-    return report
+    """Only the ingest stage, for every run of ``dataset`` (``boldcloud ingest``)."""
+    ctx = PlanContext(None, dataset, store, retries=retries, force=force)
+    return run_pipeline(ctx, executor, console, stages=["ingest"])[0]
 
 
 def print_summary(reports: list[StageReport], store: Store, console: Console) -> int:
     """A table per stage and the failures; returns the process exit code."""
     table = Table(title=f"boldcloud: {store.url}")
-    for column in ("stage", "ran ok", "up to date", "failed"):
+    for column in ("stage", "ran ok", "up to date", "excluded", "failed"):
         table.add_column(column, justify="right" if column != "stage" else "left")
     for rep in reports:
+        failed = f"[red]{len(rep.failed)}[/]" if rep.failed else "0"
+        excluded = len(rep.excluded) + sum(r.state == "excluded" for r in rep.up_to_date)
         table.add_row(
-            rep.stage,
-            str(len(rep.done)),
-            str(len(rep.up_to_date)),
-            f"[red]{len(rep.failed)}[/]" if rep.failed else "0",
+            rep.stage, str(len(rep.done)), str(len(rep.up_to_date)), str(excluded), failed
         )
     console.print(table)
     failed = [r for rep in reports for r in rep.failed]
     for rec in failed:
         console.print(f"[red]FAILED[/] {rec.task_id} after {rec.attempts} attempt(s): {rec.error}")
-    warnings = [(r.task_id, w) for rep in reports for r in rep.done for w in r.warnings]
-    for task_id, warning in warnings:
-        console.print(f"[yellow]warning[/] {task_id}: {warning}")
+    for rep in reports:
+        for rec in rep.excluded:
+            console.print(f"[yellow]excluded[/] {rec.task_id}: {rec.reason}")
+        for rec in rep.done:
+            for warning in rec.warnings:
+                console.print(f"[yellow]warning[/] {rec.task_id}: {warning}")
     if failed:
         console.print(
             f"{len(failed)} task(s) failed; fix the inputs named above and run again "
@@ -119,7 +147,8 @@ def run_study(study: Study, executor, console: Console, retries: int = 2) -> int
         console.print(f"[yellow]skipped[/] {problem.file}: {problem.message}", highlight=False)
     store = Store(study.store_url)
     store.write_bytes("study.yaml", Path(study.path).read_bytes())
-    reports = [run_ingest(dataset, store, executor, console, retries)]
+    ctx = PlanContext(study, dataset, store, retries=retries)
+    reports = run_pipeline(ctx, executor, console)
     code = print_summary(reports, store, console)
     console.print(f"Results are in {store.full_url('')} (manifest: {store.full_url('manifest')})")
     return code

@@ -9,9 +9,10 @@ from typing import Any
 
 import zarr
 
-from infra.bids import BoldRun, Dataset, SourceFile
-from infra.ingest import INGEST_VERSION, ingest_run, run_zarr_key, sha256_of
-from infra.manifest import Manifest, TaskRecord, content_key
+from infra.bids import BoldRun, SourceFile
+from infra.ingest import INGEST_VERSION, ingest_run, sha256_of
+from infra.manifest import TaskRecord, content_key
+from infra.pipeline import PlanContext, StagePlan
 from infra.storage import Store, filesystem
 from infra.tasks import TaskSpec
 from processing.stages import stage
@@ -29,17 +30,16 @@ def _fingerprints(run: BoldRun) -> dict[str, Any]:
     }
 
 
-def plan_ingest(
-    dataset: Dataset, store: Store, retries: int = 2, force: bool = False
-) -> tuple[list[TaskSpec], list[TaskRecord]]:
-    """Tasks for runs that are new or changed, and the records of runs already up to date.
+def plan_ingest(ctx: PlanContext) -> StagePlan:
+    """Tasks for runs that are new or changed; records of runs already up to date.
 
     A run is up to date when its last record is ``done`` with the same source fingerprints
     (ETag or size+mtime), the same merged sidecar and the same code version: no file is read.
+    Unlike later stages, the key is only known after hashing the content, in the task itself.
     """
-    manifest = Manifest(store)
-    previous = {r.unit: r for r in manifest.records(STAGE.name)}
-    todo, current = [], []
+    previous = ctx.load(STAGE.name)
+    plan = StagePlan(STAGE.name)
+    dataset, store = ctx.dataset, ctx.store
     for run in dataset.runs:
         prints = _fingerprints(run)
         old = previous.get(run.key)
@@ -49,8 +49,8 @@ def plan_ingest(
             and old.code_version == CODE_VERSION
             and {k: old.inputs.get(k) for k in prints} == prints
         )
-        if fresh and not force:
-            current.append(old)
+        if fresh and not ctx.force:
+            plan.current.append(old)
             continue
         record = TaskRecord(
             stage=STAGE.name,
@@ -62,8 +62,9 @@ def plan_ingest(
             code_version=CODE_VERSION,
         )
         payload = {"dataset_url": dataset.url, "run": run, "previous": old}
-        todo.append(TaskSpec(STAGE.name, run.key, store.url, record, run_ingest, payload, retries))
-    return todo, current
+        spec = TaskSpec(STAGE.name, run.key, store.url, record, run_ingest, payload, ctx.retries)
+        plan.todo.append(spec)
+    return plan
 
 
 def _sha(dataset_url: str, source: SourceFile | None) -> str | None:
@@ -110,6 +111,3 @@ def _complete(store: Store, key: str | None) -> bool:
     except (FileNotFoundError, ValueError):
         return False
     return bool(group.attrs.get("boldcloud", {}).get("complete"))
-
-
-__all__ = ["plan_ingest", "run_ingest", "run_zarr_key"]
