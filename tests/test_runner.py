@@ -96,3 +96,43 @@ def test_content_key_is_order_independent_and_sensitive():
 def test_unknown_cluster_kind_is_explained():
     with pytest.raises(ValueError, match="use 'local', 'inprocess' or a scheduler address"):
         make_executor("kubernetes-but-misspelt")
+
+
+def test_plan_units_skips_done_and_invalidates_on_params_and_upstream(tmp_path):
+    from infra.pipeline import PlanContext, Unit, plan_units
+    from processing.stages import Stage
+
+    def double(spec, record):
+        return {"value": spec.payload["x"] * 2}
+
+    stage = Stage(
+        "toy",
+        (),
+        "1",
+        ("raw:x",),
+        ("work:y",),
+        "run",
+        "none",
+        params=("preprocessing.smoothing_fwhm_mm",),
+    )
+    store = Store(str(tmp_path / "s"))
+    units = [
+        Unit("a", "01", None, {"raw": "k1"}, {"x": 1}),
+        Unit("b", "02", None, {"raw": "k2"}, {"x": 2}),
+        Unit("c", "03", None, {"raw": "k3"}, excluded="motion: 2.7 mm at volume 9"),
+    ]
+    ctx = PlanContext(None, None, store)
+    plan = plan_units(stage, units, ctx, double)
+    assert [s.unit for s in plan.todo] == ["a", "b"]
+    assert [(r.unit, r.state, r.reason) for r in plan.excluded] == [
+        ("c", "excluded", "motion: 2.7 mm at volume 9")
+    ]
+    assert plan.todo[0].payload["out"].startswith("work/toy/")
+    assert plan.todo[0].record.params == {"preprocessing.smoothing_fwhm_mm": 5.0}
+    ctx.update(execute_specs(plan.todo, LocalExecutor(), QUIET, "toy") + plan.excluded)
+    again = plan_units(stage, units, ctx, double)
+    assert again.todo == [] and len(again.current) == 3
+    units[1].upstream = {"raw": "k2-new"}  # a re-ingested run invalidates only its own task
+    assert [s.unit for s in plan_units(stage, units, ctx, double).todo] == ["b"]
+    stage2 = Stage("toy", (), "2", ("raw:x",), ("work:y",), "run", "none")  # new kernel version
+    assert len(plan_units(stage2, units, ctx, double).todo) == 2
