@@ -125,8 +125,8 @@ def print_summary(reports: list[StageReport], store: Store, console: Console) ->
     for rec in failed:
         console.print(f"[red]FAILED[/] {rec.task_id} after {rec.attempts} attempt(s): {rec.error}")
     for rep in reports:
-        for rec in rep.excluded:
-            console.print(f"[yellow]excluded[/] {rec.task_id}: {rec.reason}")
+        for unit, reason in sorted({(r.unit.split("_chunk-")[0], r.reason) for r in rep.excluded}):
+            console.print(f"[yellow]excluded[/] {rep.stage}/{unit}: {reason}")
         for rec in rep.done:
             for warning in rec.warnings:
                 console.print(f"[yellow]warning[/] {rec.task_id}: {warning}")

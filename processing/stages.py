@@ -22,6 +22,18 @@ from typing import Literal
 
 from processing.ingest.events import validate_events
 from processing.ingest.nifti import inspect_bold_header
+from processing.preprocess.highpass import highpass_fsl
+from processing.preprocess.masks import epi_brain_mask
+from processing.preprocess.motion import (
+    apply_motion,
+    confounds_table,
+    estimate_motion,
+    motion_exclusion,
+    select_reference,
+)
+from processing.preprocess.qc import tsnr
+from processing.preprocess.scaling import grand_mean_scale
+from processing.preprocess.smoothing import smooth_mm
 
 Granularity = Literal["run", "session", "subject", "group"]
 ChunkAxis = Literal["time", "space", "subject", "none"]
@@ -53,6 +65,60 @@ STAGES: tuple[Stage, ...] = (
         chunk_axis="time",
         params=(),
         description="BIDS NIfTI run -> Zarr (t, z, y, x), exact data, header kept.",
+    ),
+    Stage(
+        name="motion_reference",
+        kernels=(select_reference, epi_brain_mask),
+        version="1",
+        inputs=("raw:bold",),
+        outputs=("work:reference", "work:mask"),
+        granularity="run",
+        chunk_axis="none",
+        params=("preprocessing.reference_volume",),
+        description="Motion reference (middle volume, mean or index) and its brain mask.",
+    ),
+    Stage(
+        name="motion_estimate",
+        kernels=(estimate_motion,),
+        version="1",
+        inputs=("raw:bold", "work:reference", "work:mask"),
+        outputs=("work:params",),
+        granularity="run",
+        chunk_axis="time",
+        description="Rigid 6-parameter realignment of chunks of volumes to the reference.",
+    ),
+    Stage(
+        name="motion",
+        kernels=(confounds_table, motion_exclusion),
+        version="1",
+        inputs=("work:params",),
+        outputs=("derivatives:confounds", "derivatives:motion_plot"),
+        granularity="run",
+        chunk_axis="none",
+        params=("preprocessing.motion_exclusion_mm",),
+        description="Confounds, FD and RMS displacement; excludes runs over the threshold.",
+    ),
+    Stage(
+        name="preprocess",
+        kernels=(apply_motion, smooth_mm),
+        version="1",
+        inputs=("raw:bold", "derivatives:confounds", "work:mask"),
+        outputs=("work:smoothed",),
+        granularity="run",
+        chunk_axis="time",
+        params=("preprocessing.smoothing_fwhm_mm", "preprocessing.interpolation"),
+        description="One resampling that undoes motion, then Gaussian smoothing in the mask.",
+    ),
+    Stage(
+        name="filter",
+        kernels=(grand_mean_scale, highpass_fsl, tsnr),
+        version="1",
+        inputs=("work:smoothed", "work:mask"),
+        outputs=("work:filtered", "derivatives:mask", "derivatives:mean", "derivatives:tsnr"),
+        granularity="run",
+        chunk_axis="space",
+        params=("preprocessing.grand_mean_scaling", "preprocessing.highpass_cutoff_s"),
+        description="Grand-mean scaling, FSL high-pass, rechunk to spatial blocks, QC maps.",
     ),
 )
 

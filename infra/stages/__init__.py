@@ -4,7 +4,21 @@ around the stage's kernels. ``ADAPTERS`` maps stage names to planners; the runne
 
 from infra.pipeline import Planner
 from infra.stages.ingest import plan_ingest
+from infra.stages.preprocess import (
+    plan_filter,
+    plan_motion,
+    plan_motion_estimate,
+    plan_motion_reference,
+    plan_preprocess,
+)
 
-ADAPTERS: dict[str, Planner] = {"ingest": plan_ingest}
+ADAPTERS: dict[str, Planner] = {
+    "ingest": plan_ingest,
+    "motion_reference": plan_motion_reference,
+    "motion_estimate": plan_motion_estimate,
+    "motion": plan_motion,
+    "preprocess": plan_preprocess,
+    "filter": plan_filter,
+}
 
 __all__ = ["ADAPTERS"]

@@ -46,6 +46,7 @@ __all__ = [
     "framewise_displacement",
     "motion_exclusion",
     "plot_motion",
+    "reference_index",
     "rms_displacement_series",
     "select_reference",
 ]
@@ -97,6 +98,31 @@ def _check_run(volumes: ArrayLike, min_volumes: int = 1) -> NDArray:
     for t, vol in enumerate(vols):
         _check_volume(vol, f"volume {t}")
     return vols
+
+
+def reference_index(n_volumes: int, how: Literal["middle", "mean"] | int = "middle") -> int | None:
+    """Index of the reference volume, or None for the temporal mean.
+
+    Lets a caller read one volume instead of the whole run; same rules as
+    :func:`select_reference` (at least ``MIN_VOLUMES`` volumes, index in ``0 .. n - 1``).
+    """
+    if n_volumes < MIN_VOLUMES:
+        raise MotionInputError(
+            f"run has {n_volumes} volumes; motion correction needs at least {MIN_VOLUMES}. "
+            "Is this a BOLD run? Exclude it from the study otherwise."
+        )
+    if how == "mean":
+        return None
+    if how == "middle":
+        return n_volumes // 2
+    if isinstance(how, bool) or not isinstance(how, int | np.integer):
+        raise MotionInputError(f"how must be 'middle', 'mean' or a volume index, got {how!r}")
+    if not 0 <= how < n_volumes:
+        raise MotionInputError(
+            f"reference volume index {how} is out of range; valid indices are 0 to "
+            f"{n_volumes - 1}. Fix preprocessing.reference_volume in the study file."
+        )
+    return int(how)
 
 
 def select_reference(
