@@ -154,17 +154,19 @@ def run_motion_estimate(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- motion (per run)
-def _chunk_records(ctx: PlanContext, run: str) -> list[TaskRecord] | None:
-    """The run's done motion_estimate records in time order, or None if any is missing."""
-    records = sorted(
-        (r for u, r in ctx.load("motion_estimate").items() if _run_of(u) == run),
-        key=lambda r: r.unit,
-    )
-    if not records or any(r.state != "done" for r in records):
-        return None
+def _run_chunks(ctx: PlanContext, stage_name: str, run: str) -> list[TaskRecord]:
+    """Records of a chunked stage for one run, in time order."""
+    records = (r for u, r in ctx.load(stage_name).items() if _run_of(u) == run)
+    return sorted(records, key=lambda r: r.unit)
+
+
+def _chunk_records(ctx: PlanContext, stage_name: str, run: str) -> list[TaskRecord] | None:
+    """The run's chunk records when every expected chunk is done, else None."""
+    records = _run_chunks(ctx, stage_name, run)
     refs = _done(ctx, "motion_reference")
     expected = len(_chunks(refs[run].outputs["n_volumes"])) if run in refs else -1
-    return records if len(records) == expected else None
+    complete = len(records) == expected and all(r.state == "done" for r in records)
+    return records if complete else None
 
 
 def plan_motion(ctx: PlanContext) -> StagePlan:
@@ -172,7 +174,7 @@ def plan_motion(ctx: PlanContext) -> StagePlan:
     ingested = _done(ctx, "ingest")
     units = []
     for run in _selected_runs(ctx):
-        chunks = _chunk_records(ctx, run)
+        chunks = _chunk_records(ctx, "motion_estimate", run)
         if chunks is None or run not in ingested:
             continue
         upstream = {"motion_estimate": content_key(keys=[c.key for c in chunks])}
@@ -285,19 +287,14 @@ def plan_filter(ctx: PlanContext) -> StagePlan:
     refs, ingested = _done(ctx, "motion_reference"), _done(ctx, "ingest")
     units = []
     for run in _selected_runs(ctx):
-        chunks = sorted(
-            (r for u, r in ctx.load("preprocess").items() if _run_of(u) == run),
-            key=lambda r: r.unit,
-        )
-        if not chunks or run not in refs:
-            continue
-        if all(r.state == "excluded" for r in chunks):
+        chunks = _run_chunks(ctx, "preprocess", run)
+        if chunks and all(r.state == "excluded" for r in chunks):
             units.append(
                 Unit(run, chunks[0].subject, chunks[0].session, {}, {}, excluded=chunks[0].reason)
             )
             continue
-        expected = len(_chunks(refs[run].outputs["n_volumes"]))
-        if len(chunks) != expected or any(r.state != "done" for r in chunks):
+        chunks = _chunk_records(ctx, "preprocess", run)
+        if chunks is None or run not in ingested:
             continue
         payload = {
             "chunks": [c.outputs["bold"] for c in chunks],
