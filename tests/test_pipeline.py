@@ -124,3 +124,20 @@ def test_filtered_runs_are_scaled_highpassed_and_spatially_chunked(finished):
     assert drift(data) < 0.5 * drift(before), (drift(data), drift(before))
     assert rec.outputs["tsnr_median"] > 20
     assert store.exists(rec.outputs["mask"]) and store.exists(rec.outputs["overlay"])
+
+
+def test_motion_outputs_transforms_and_absolute_rms(finished):
+    from processing.geometry import rigid_params, volume_center_mm
+
+    _, store, _, _ = finished
+    rec = next(r for r in Manifest(store).records("motion") if not r.outputs["excluded"])
+    table = read_tsv(store, rec.outputs["confounds"])
+    assert {"framewise_displacement", "rmsd", "rmsd_abs"} <= set(table.columns)
+    assert table["rmsd"].iloc[0] == 0 and (table["rmsd_abs"] >= 0).all()
+    matrices = read_tsv(store, rec.outputs["transforms"]).to_numpy().reshape(-1, 4, 4)
+    from infra.arrays import run_attrs
+
+    raw = Manifest(store).get("ingest", rec.unit).outputs
+    affine = np.asarray(run_attrs(store, raw["zarr"])["affine"])
+    center = volume_center_mm(affine, tuple(reversed(raw["shape"][1:])))
+    np.testing.assert_allclose(rigid_params(matrices, center), table[MOTION].to_numpy(), atol=1e-6)

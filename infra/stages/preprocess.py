@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from infra.arrays import read_array, read_tsv, read_volumes, run_attrs, write_array, write_tsv
 from infra.derivatives import derivative_key, write_nifti
@@ -18,6 +19,7 @@ from infra.manifest import TaskRecord, content_key
 from infra.pipeline import PlanContext, StagePlan, Unit, plan_units
 from infra.storage import Store
 from infra.tasks import TaskSpec
+from processing.geometry import rigid_matrix, volume_center_mm
 from processing.preprocess.highpass import highpass_fsl
 from processing.preprocess.masks import epi_brain_mask
 from processing.preprocess.motion import (
@@ -27,6 +29,7 @@ from processing.preprocess.motion import (
     motion_exclusion,
     plot_motion,
     reference_index,
+    rms_displacement_series,
     select_reference,
 )
 from processing.preprocess.qc import mask_volume_ml, save_mask_overlay_png, tsnr
@@ -193,10 +196,12 @@ def run_motion(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
     attrs = run_attrs(store, p["raw"])
     params = np.concatenate([read_tsv(store, k).to_numpy(float) for k in p["params"]])
     table = confounds_table(params)
+    table["rmsd_abs"] = rms_displacement_series(params)[0]  # MCFLIRT's absolute RMS, mm
     verdict = motion_exclusion(table["rmsd"].to_numpy(), p["threshold_mm"])
     entities = attrs["entities"]
     confounds = derivative_key(entities, "timeseries", ".tsv", desc="confounds")
     write_tsv(store, confounds, table)
+    transforms = _write_transforms(store, entities, params, attrs, p["raw"])
     figure = derivative_key(entities, "motion", ".png", desc="qc")
     _png(
         store,
@@ -217,7 +222,25 @@ def run_motion(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
         "max_rel_rms_mm": float(table["rmsd"].max()),
         "n_fd_over_0p5": int(np.sum(fd > 0.5)),
         "params": confounds,
+        "transforms": transforms,
     }
+
+
+def _write_transforms(store: Store, entities, params: np.ndarray, attrs, raw: str) -> str:
+    """Per-volume 4x4 world(mm) matrices, reference -> volume t, one row of 16 values each."""
+    affine = np.asarray(attrs["affine"])
+    shape_xyz = tuple(reversed(_grid(store, raw)))
+    matrices = rigid_matrix(params, volume_center_mm(affine, shape_xyz)).reshape(len(params), 16)
+    columns = [f"m{i}{j}" for i in range(4) for j in range(4)]
+    key = derivative_key(entities, "xfm", ".tsv", desc="motion")
+    write_tsv(store, key, pd.DataFrame(matrices, columns=columns))
+    return key
+
+
+def _grid(store: Store, raw: str) -> tuple[int, int, int]:
+    from infra.ingest import open_run_group
+
+    return tuple(int(n) for n in open_run_group(store, raw)["0"].shape[1:])
 
 
 # ---------------------------------------------------------------- preprocess (run x chunk)
