@@ -66,11 +66,6 @@ def read_array(store: Store, key: str, selection: tuple = ...) -> np.ndarray:
     return np.asarray(array[selection])
 
 
-def array_attrs(store: Store, key: str) -> dict:
-    """Attributes of a Zarr array."""
-    return dict(zarr.open_array(store=store.zarr_store(key), mode="r", zarr_format=3).attrs)
-
-
 def write_tsv(store: Store, key: str, table: pd.DataFrame) -> str:
     """Write a table as BIDS TSV (``n/a`` for missing values)."""
     buffer = io.StringIO()

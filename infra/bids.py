@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import posixpath
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -276,11 +275,3 @@ def _read_tsv(fs, path: str, problems: list[Problem]) -> pd.DataFrame | None:
     except (ValueError, OSError) as err:
         problems.append(Problem(path, f"unreadable TSV ({err})."))
         return None
-
-
-def run_groups(runs: list[BoldRun]) -> dict[tuple[str, str | None], list[BoldRun]]:
-    """Runs grouped by (subject, session)."""
-    groups: dict[tuple[str, str | None], list[BoldRun]] = defaultdict(list)
-    for run in runs:
-        groups[(run.subject, run.session)].append(run)
-    return dict(groups)

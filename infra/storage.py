@@ -12,8 +12,6 @@ import json
 import os
 import posixpath
 import tempfile
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,14 +133,3 @@ class Store:
             return zarr.storage.LocalStore(self.path(key))
         async_fs = fsspec.filesystem("s3", asynchronous=True, **s3_storage_options())
         return zarr.storage.FsspecStore(async_fs, path=self.path(key))
-
-    def staging_key(self, key: str) -> str:
-        """A unique sibling key for writing ``key`` before it becomes visible."""
-        head, tail = posixpath.split(key)
-        return posixpath.join(head, f".staging-{tail}-{uuid.uuid4().hex[:12]}")
-
-
-def iter_lines(fs: fsspec.AbstractFileSystem, path: str) -> Iterator[str]:
-    """Lines of a text file on any filesystem."""
-    with fs.open(path, "rt") as handle:
-        yield from handle
