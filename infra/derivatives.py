@@ -67,3 +67,12 @@ def write_json(store: Store, key: str, obj: Mapping) -> str:
     """Write a JSON sidecar with stable formatting."""
     store.write_bytes(key, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
     return key
+
+
+def read_nifti(store: Store, key: str) -> tuple[np.ndarray, np.ndarray]:
+    """A NIfTI written by :func:`write_nifti` as ``((z, y, x) array, affine)``."""
+    raw = store.read_bytes(key)
+    if key.endswith(".gz"):
+        raw = gzip.decompress(raw)
+    img = nib.Nifti1Image.from_bytes(raw)
+    return np.asarray(img.dataobj).T, img.affine

@@ -125,7 +125,7 @@ def print_summary(reports: list[StageReport], store: Store, console: Console) ->
     for rec in failed:
         console.print(f"[red]FAILED[/] {rec.task_id} after {rec.attempts} attempt(s): {rec.error}")
     for rep in reports:
-        for unit, reason in sorted({(r.unit.split("_chunk-")[0], r.reason) for r in rep.excluded}):
+        for unit, reason in sorted({(_run_unit(r.unit), r.reason) for r in rep.excluded}):
             console.print(f"[yellow]excluded[/] {rep.stage}/{unit}: {reason}")
         for rec in rep.done:
             for warning in rec.warnings:
@@ -136,6 +136,11 @@ def print_summary(reports: list[StageReport], store: Store, console: Console) ->
             "(finished tasks are not redone)."
         )
     return 1 if failed else 0
+
+
+def _run_unit(unit: str) -> str:
+    """The run a chunk or block unit belongs to."""
+    return unit.split("_chunk-")[0].split("_block-")[0]
 
 
 def run_study(study: Study, executor, console: Console, retries: int = 2) -> int:

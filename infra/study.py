@@ -179,6 +179,8 @@ def model_issues(doc: dict[str, Any], path: str) -> list[Issue]:
                             f"use names from Model.X: {columns}.",
                         )
                     )
+    if not issues:  # contrast problems above already explain a failing run model
+        issues += _run_node_issues(doc, path)
     for k, edge in enumerate(doc.get("model", {}).get("Edges", [])):
         for end in ("Source", "Destination"):
             if edge.get(end) not in names:
@@ -210,6 +212,17 @@ def model_issues(doc: dict[str, Any], path: str) -> list[Issue]:
                 )
             )
     return issues
+
+
+def _run_node_issues(doc: dict[str, Any], path: str) -> list[Issue]:
+    """The run-level model must parse (one Run node, HRF variables among its X)."""
+    from processing.firstlevel.model import RunModel, run_node
+
+    try:
+        RunModel.from_node(run_node(doc.get("model", {})))
+    except (ValueError, KeyError) as err:
+        return [Issue(path, "model.Nodes", str(err), "fix the Run node of the model.")]
+    return []
 
 
 def resolve_location(value: str, study_path: str) -> str:

@@ -20,6 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from processing.firstlevel.contrasts import compute_contrast
+from processing.firstlevel.design import build_design
+from processing.firstlevel.design_qc import check_design
+from processing.firstlevel.film import residual_autocorrelation, smooth_autocorrelation
+from processing.firstlevel.fixed_effects import fixed_effects
+from processing.firstlevel.glm import fit_ar1, fit_film, fit_ols
 from processing.ingest.events import validate_events
 from processing.ingest.nifti import inspect_bold_header
 from processing.preprocess.highpass import highpass_fsl
@@ -119,6 +125,74 @@ STAGES: tuple[Stage, ...] = (
         chunk_axis="space",
         params=("preprocessing.grand_mean_scaling", "preprocessing.highpass_cutoff_s"),
         description="Grand-mean scaling, FSL high-pass, rechunk to spatial blocks, QC maps.",
+    ),
+    Stage(
+        name="design",
+        kernels=(build_design, check_design),
+        version="1",
+        inputs=("raw:events", "derivatives:confounds"),
+        outputs=("derivatives:design",),
+        granularity="run",
+        chunk_axis="none",
+        params=(
+            "preprocessing.highpass_cutoff_s",
+            "boldcloud.run_level.confounds",
+            "boldcloud.run_level.drop_empty_conditions",
+        ),
+        description="Run design: HRF-convolved conditions (+ derivatives), confounds, "
+        "high-passed and demeaned like the data; rank, VIF and empty-condition checks.",
+    ),
+    Stage(
+        name="glm_autocorr",
+        kernels=(fit_ols, residual_autocorrelation),
+        version="1",
+        inputs=("work:filtered", "derivatives:design"),
+        outputs=("work:autocorr_raw",),
+        granularity="run",
+        chunk_axis="space",
+        description="FILM only: OLS residual autocorrelation per spatial block.",
+    ),
+    Stage(
+        name="glm_autocorr_smooth",
+        kernels=(smooth_autocorrelation,),
+        version="1",
+        inputs=("work:autocorr_raw", "work:mask"),
+        outputs=("work:autocorr",),
+        granularity="run",
+        chunk_axis="none",
+        description="FILM only: autocorrelation maps smoothed within the brain (5 mm).",
+    ),
+    Stage(
+        name="glm",
+        kernels=(fit_ols, fit_ar1, fit_film, compute_contrast),
+        version="1",
+        inputs=("work:filtered", "derivatives:design", "work:autocorr"),
+        outputs=("work:glm_blocks",),
+        granularity="run",
+        chunk_axis="space",
+        params=("boldcloud.run_level.noise_model", "boldcloud.run_level.autocorr_bias_correction"),
+        description="GLM fit (ols, ar1 or FILM) and contrasts per spatial block.",
+    ),
+    Stage(
+        name="glm_maps",
+        kernels=(),
+        version="1",
+        inputs=("work:glm_blocks",),
+        outputs=("work:run_maps", "derivatives:statmap"),
+        granularity="run",
+        chunk_axis="none",
+        description="Whole-run effect, variance, t, z and residual-variance maps (NIfTI + Zarr).",
+    ),
+    Stage(
+        name="fixed_effects",
+        kernels=(fixed_effects,),
+        version="1",
+        inputs=("work:run_maps",),
+        outputs=("work:session_maps", "derivatives:statmap"),
+        granularity="session",
+        chunk_axis="none",
+        params=("boldcloud.session_level.dof_cap",),
+        description="Inverse-variance fixed effects of a session's usable runs (flameo fe).",
     ),
 )
 

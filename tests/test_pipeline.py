@@ -48,6 +48,12 @@ def test_every_stage_ran_without_failures(finished):
         "motion",
         "preprocess",
         "filter",
+        "design",
+        "glm_autocorr",
+        "glm_autocorr_smooth",
+        "glm",
+        "glm_maps",
+        "fixed_effects",
     ]
     assert all(not r.failed for r in reports), [r.error for rep in reports for r in rep.failed]
     assert len(reports[0].done) == 8
@@ -141,3 +147,42 @@ def test_motion_outputs_transforms_and_absolute_rms(finished):
     affine = np.asarray(run_attrs(store, raw["zarr"])["affine"])
     center = volume_center_mm(affine, tuple(reversed(raw["shape"][1:])))
     np.testing.assert_allclose(rigid_params(matrices, center), table[MOTION].to_numpy(), atol=1e-6)
+
+
+def test_first_level_recovers_planted_effects(finished):
+    """Small grid (4 mm voxels): each session's fixed-effects z peaks within 1.5 voxels of the
+    planted P40 - P0 effects (>= 1% signal change) with z > 3 (full size: tests/test_firstlevel_
+    fullsize.py)."""
+    from firstlevel_truth import roi_recovery
+
+    out, store, _, _ = finished
+    sessions = [r for r in Manifest(store).records("fixed_effects") if r.state == "done"]
+    assert sessions
+    found = {}
+    for rec in sessions:
+        sub, ses = rec.unit.split("_")[:2]
+        truth = out / "bids" / "derivatives" / "truth"
+        found[rec.unit] = roi_recovery(store, rec.outputs["nifti"], truth, sub, ses, "P40vsP0")
+        assert found[rec.unit]
+    hits = [(d, z) for rois in found.values() for d, z in rois.values()]
+    assert sum(d <= 6.0 and z > 3.0 for d, z in hits) >= 0.75 * len(hits), found
+
+
+def test_sessions_combine_usable_runs_or_say_why_not(finished):
+    out, store, _, _ = finished
+    records = {r.unit: r for r in Manifest(store).records("fixed_effects")}
+    truth = pd.read_csv(out / "bids" / "derivatives" / "truth" / "runs.tsv", sep="\t")
+    for (sub, ses), runs in truth.groupby(["participant_id", "session_id"]):
+        rec = records[f"{sub}_{ses}_task-cuff"]
+        usable = runs[runs["exclude"].astype(str).str.lower() != "true"]
+        if usable.empty:
+            assert rec.state == "excluded" and "no usable run" in rec.reason
+            continue
+        assert rec.state == "done"
+        assert len(rec.outputs["runs"]["P40vsP0"]) == len(usable)
+        dof = rec.outputs["dof"]["P40vsP0"]
+        run_dof = 188 - 12  # 3 conditions + derivatives + 6 motion columns
+        assert dof == (run_dof if len(usable) == 1 else min(len(usable) * run_dof, 1000) - 1)
+        assert (len(usable) == 1) == ("P40vsP0" in rec.outputs["passed_through"])
+        side = store.read_json(rec.outputs["nifti"]["P40vsP0:z"].replace(".nii.gz", ".json"))
+        assert side["Method"] == "fixed_effects" and side["DegreesOfFreedom"] == dof

@@ -3,6 +3,12 @@ around the stage's kernels. ``ADAPTERS`` maps stage names to planners; the runne
 ``processing.stages.STAGES`` in order and fails loudly if a stage has no adapter."""
 
 from infra.pipeline import Planner
+from infra.stages.firstlevel import (
+    plan_design,
+    plan_glm,
+    plan_glm_autocorr,
+    plan_glm_autocorr_smooth,
+)
 from infra.stages.ingest import plan_ingest
 from infra.stages.preprocess import (
     plan_filter,
@@ -11,6 +17,7 @@ from infra.stages.preprocess import (
     plan_motion_reference,
     plan_preprocess,
 )
+from infra.stages.statmaps import plan_fixed_effects, plan_glm_maps
 
 ADAPTERS: dict[str, Planner] = {
     "ingest": plan_ingest,
@@ -19,6 +26,12 @@ ADAPTERS: dict[str, Planner] = {
     "motion": plan_motion,
     "preprocess": plan_preprocess,
     "filter": plan_filter,
+    "design": plan_design,
+    "glm_autocorr": plan_glm_autocorr,
+    "glm_autocorr_smooth": plan_glm_autocorr_smooth,
+    "glm": plan_glm,
+    "glm_maps": plan_glm_maps,
+    "fixed_effects": plan_fixed_effects,
 }
 
 __all__ = ["ADAPTERS"]

@@ -5,6 +5,10 @@ FEAT ("Double-Gamma HRF") uses ``hrf(t) = G(t; 6 s, 2.449 s) - G(t; 16 s, 4 s) /
 numerically SPM's canonical HRF (nilearn's ``"spm"`` model). FEAT convolves on a 0.05 s grid with
 a 36 s kernel, normalised so that a long unit boxcar plateaus at 1, and samples every volume at
 its middle, time ``(k + 0.5) * TR``.
+
+Two further kernels share the same grid and the same :func:`convolve_events` path:
+:func:`glover_hrf` (Glover 1999 with nilearn's parameterisation) and :func:`fir_kernel` (one
+TR-wide window per finite-impulse-response delay, as nilearn's ``"fir"`` model).
 """
 
 from __future__ import annotations
@@ -15,13 +19,18 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import stats
 
-__all__ = ["convolve_events", "double_gamma_hrf"]
+__all__ = ["convolve_events", "double_gamma_hrf", "fir_kernel", "glover_hrf"]
 
 PEAK_MEAN_S = 6.0
 PEAK_SD_S = 2.449
 UNDERSHOOT_MEAN_S = 16.0
 UNDERSHOOT_SD_S = 4.0
 UNDERSHOOT_RATIO = 1.0 / 6.0
+
+GLOVER_PEAK_DELAY_S = 6.0
+GLOVER_UNDERSHOOT_DELAY_S = 12.0
+GLOVER_DISPERSION_S = 0.9
+GLOVER_UNDERSHOOT_RATIO = 0.48
 
 
 def _gamma_pdf(t: NDArray[np.float64], mean: float, sd: float) -> NDArray[np.float64]:
@@ -44,14 +53,80 @@ def double_gamma_hrf(dt: float = 0.05, length: float = 36.0) -> NDArray[np.float
     ndarray, shape (round(length / dt),)
         ``hrf(k * dt)`` for ``k = 0, 1, ...``; unnormalised (peak about 0.175 at t = 5 s).
     """
+    t = _check_grid(dt, length)
+    peak = _gamma_pdf(t, PEAK_MEAN_S, PEAK_SD_S)
+    undershoot = _gamma_pdf(t, UNDERSHOOT_MEAN_S, UNDERSHOOT_SD_S)
+    return peak - UNDERSHOOT_RATIO * undershoot
+
+
+def _check_grid(dt: float, length: float) -> NDArray[np.float64]:
+    """Kernel times ``k * dt`` for ``k = 0 .. round(length / dt) - 1``, after validation."""
     if not dt > 0:
         raise ValueError(f"dt must be a positive number of seconds, got {dt}")
     if not length > dt:
         raise ValueError(f"length must exceed dt ({dt} s), got {length}")
-    t = np.arange(round(length / dt)) * dt
-    peak = _gamma_pdf(t, PEAK_MEAN_S, PEAK_SD_S)
-    undershoot = _gamma_pdf(t, UNDERSHOOT_MEAN_S, UNDERSHOOT_SD_S)
-    return peak - UNDERSHOOT_RATIO * undershoot
+    return np.arange(round(length / dt)) * dt
+
+
+def glover_hrf(dt: float = 0.05, length: float = 36.0) -> NDArray[np.float64]:
+    """Glover's (1999) HRF as nilearn parameterises it, sampled on a regular grid.
+
+    ``hrf(t) = g(t; 6/0.9, 0.9) - 0.48 g(t; 12/0.9, 0.9)`` where ``g(t; shape, scale)`` is a
+    gamma pdf (delays 6 s and 12 s, dispersion 0.9 s). Glover's published form
+    ``(t/d1)^a1 exp(-(t-d1)/b1) - c (t/d2)^a2 exp(-(t-d2)/b2)`` (``a1 = 6, a2 = 12,
+    b = 0.9 s, c = 0.35``) peaks about 0.25 s later; nilearn's variant is used so that results
+    compare with nilearn's ``"glover"`` model.
+
+    Parameters
+    ----------
+    dt : float
+        Sampling step in seconds (FEAT grid: 0.05 s).
+    length : float
+        Kernel length in seconds (36 s, as for the double gamma).
+
+    Returns
+    -------
+    ndarray, shape (round(length / dt),)
+        ``hrf(k * dt)``; unnormalised (:func:`convolve_events` divides by the sum).
+    """
+    t = _check_grid(dt, length)
+    scale = GLOVER_DISPERSION_S
+    peak = stats.gamma.pdf(t, a=GLOVER_PEAK_DELAY_S / scale, scale=scale)
+    undershoot = stats.gamma.pdf(t, a=GLOVER_UNDERSHOOT_DELAY_S / scale, scale=scale)
+    return peak - GLOVER_UNDERSHOOT_RATIO * undershoot
+
+
+def fir_kernel(delay: int, tr: float, dt: float = 0.05) -> NDArray[np.float64]:
+    """Finite-impulse-response kernel: a window one TR wide starting ``delay`` TRs after onset.
+
+    Bin ``[k dt, (k+1) dt)`` holds the fraction of it inside ``[delay * tr, (delay + 1) * tr)``,
+    so after :func:`convolve_events`' sum normalisation a regressor is the fraction of that
+    window covered by the (unconvolved) events: 1 on a long block, ``dt / tr`` per impulse.
+    Sampled at the mid-volume time ``(j + 0.5) * tr``, delay ``k`` of volume ``j`` covers the
+    stimulus in ``((j - k - 0.5) tr, (j - k + 0.5) tr]``.
+
+    Parameters
+    ----------
+    delay : int
+        Delay in volumes (>= 0).
+    tr : float
+        Repetition time in seconds.
+    dt : float
+        Grid step in seconds (<= tr).
+
+    Returns
+    -------
+    ndarray, shape (ceil((delay + 1) * tr / dt),)
+        Window weights in [0, 1].
+    """
+    if int(delay) != delay or delay < 0:
+        raise ValueError(f"FIR delay must be a whole number of volumes >= 0, got {delay}")
+    if not 0 < dt <= tr:
+        raise ValueError(f"dt must be in (0, tr={tr}] seconds, got {dt}")
+    start, stop = delay * tr, (delay + 1) * tr
+    lo = np.arange(math.ceil(stop / dt - 1e-9)) * dt
+    cover = np.minimum(lo + dt, stop) - np.maximum(lo, start)
+    return np.clip(cover, 0.0, None) / dt
 
 
 def _check_events(

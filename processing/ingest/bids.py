@@ -15,6 +15,7 @@ ENTITY_ORDER: tuple[str, ...] = (
     "sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc", "stain",
     "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi", "space",
     "split", "recording", "chunk", "seg", "res", "den", "label", "desc",
+    "contrast", "stat",  # statistical derivatives (BIDS Stats Models outputs)
 )  # fmt: skip
 _KNOWN = frozenset(ENTITY_ORDER)
 _PAIR = re.compile(r"^([a-zA-Z]+)-([a-zA-Z0-9+]+)$")

@@ -1,0 +1,55 @@
+"""Helpers comparing first-level maps with the simulator's planted effects (native space)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from infra.derivatives import read_nifti
+from processing.simulate import load_subject_transform
+
+
+def planted_map(truth: Path, sub: str, ses: str, contrast: str) -> np.ndarray:
+    """The planted percent signal change of a contrast, (z, y, x) on the BOLD grid."""
+    folder = truth / sub / ses / "func"
+
+    def psc(cond: str) -> np.ndarray:
+        name = f"{sub}_{ses}_task-cuff_space-T1w_res-bold_contrast-{cond}_stat-psc_statmap.nii.gz"
+        return np.asarray(nib.load(folder / name).dataobj).T
+
+    if contrast == "P40vsP0":
+        return psc("P40") - psc("P0")
+    return psc(contrast)
+
+
+def local_peak(volume: np.ndarray, affine: np.ndarray, centre_mm, radius_mm: float):
+    """(peak mm, value) of ``volume`` within ``radius_mm`` of ``centre_mm``."""
+    zyx = np.indices(volume.shape).reshape(3, -1).T
+    world = zyx[:, ::-1] @ affine[:3, :3].T + affine[:3, 3]
+    near = np.linalg.norm(world - np.asarray(centre_mm), axis=1) <= radius_mm
+    values = volume.reshape(-1)[near]
+    best = int(np.argmax(values))
+    return world[near][best], float(values[best])
+
+
+def roi_recovery(
+    store, nifti: dict, truth: Path, sub: str, ses: str, contrast: str, min_psc: float = 1.0
+):
+    """Per planted ROI with >= ``min_psc`` % signal change in ``contrast``: distance (mm) from
+    the planted peak to our z peak near it, and that z."""
+    z, affine = read_nifti(store, nifti[f"{contrast}:z"])
+    planted = planted_map(truth, sub, ses, contrast)
+    transform = load_subject_transform(truth, sub)
+    rois = json.loads((truth / "truth.json").read_text())["rois"]
+    out = {}
+    for roi in rois:
+        centre = transform.to_native(np.asarray(roi["mni_mm"], dtype=float))
+        true_mm, true_psc = local_peak(planted, affine, centre, 12.0)
+        if true_psc < min_psc:
+            continue
+        ours_mm, ours_z = local_peak(z, affine, true_mm, 12.0)
+        out[roi["name"]] = (float(np.linalg.norm(ours_mm - true_mm)), ours_z)
+    return out
