@@ -221,6 +221,8 @@ def run_glm_autocorr(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
 def plan_glm_autocorr_smooth(ctx: PlanContext) -> StagePlan:
     """Per run, once all its blocks are in: assemble and smooth the autocorrelation maps."""
     units = []
+    if run_model(ctx)[0].noise_model != "film":
+        return plan_units(stage("glm_autocorr_smooth"), [], ctx, run_glm_autocorr_smooth)
     blocks = _records_by_run(ctx, "glm_autocorr")
     for run, rec in _done(ctx, "design").items():
         done = blocks.get(run, [])
