@@ -55,7 +55,8 @@ def run_nilearn(ctx):
     bold = read_array(ctx.store, filt.outputs["bold"])
     mask = read_array(ctx.store, ref.outputs["mask"]).astype(np.uint8)
     import zarr
-    affine = np.asarray(zarr.open_array(store=ctx.store.zarr_store(filt.outputs["bold"])).attrs["affine"])
+    bold_array = zarr.open_array(store=ctx.store.zarr_store(filt.outputs["bold"]))
+    affine = np.asarray(bold_array.attrs["affine"])
     img = nib.Nifti1Image(np.ascontiguousarray(bold.transpose(3, 2, 1, 0)), affine)
     mask_img = nib.Nifti1Image(np.ascontiguousarray(mask.T), affine)
     del bold
