@@ -66,6 +66,16 @@ def read_array(store: Store, key: str, selection: tuple = ...) -> np.ndarray:
     return np.asarray(array[selection])
 
 
+def array_attrs(store: Store, key: str) -> dict:
+    """Attributes of a Zarr array written by :func:`write_array` (e.g. ``affine``, ``tr_s``)."""
+    return dict(zarr.open_array(store=store.zarr_store(key), mode="r", zarr_format=3).attrs)
+
+
+def array_chunks(store: Store, key: str) -> tuple[int, ...]:
+    """Chunk shape of a Zarr array written by :func:`write_array`."""
+    return tuple(zarr.open_array(store=store.zarr_store(key), mode="r", zarr_format=3).chunks)
+
+
 def write_tsv(store: Store, key: str, table: pd.DataFrame) -> str:
     """Write a table as BIDS TSV (``n/a`` for missing values)."""
     buffer = io.StringIO()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -76,3 +78,12 @@ def read_nifti(store: Store, key: str) -> tuple[np.ndarray, np.ndarray]:
         raw = gzip.decompress(raw)
     img = nib.Nifti1Image.from_bytes(raw)
     return np.asarray(img.dataobj).T, img.affine
+
+
+def write_png(store: Store, key: str, draw: Callable[[Path], object]) -> str:
+    """Write the PNG that ``draw(path)`` saves at a temporary path to ``key``."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "figure.png"
+        draw(path)
+        store.write_bytes(key, path.read_bytes())
+    return key

@@ -32,6 +32,7 @@ class PlanContext:
     retries: int = 2
     force: bool = False
     records: dict[str, dict[str, TaskRecord]] = field(default_factory=dict)
+    memo: dict[Any, Any] = field(default_factory=dict)  # per-plan cache (e.g. a run's blocks)
 
     def load(self, stage: str) -> dict[str, TaskRecord]:
         """Records of ``stage`` by unit (read once, then cached)."""
@@ -39,6 +40,14 @@ class PlanContext:
             manifest = Manifest(self.store)
             self.records[stage] = {r.unit: r for r in manifest.records(stage)}
         return self.records[stage]
+
+    def done(self, stage: str) -> dict[str, TaskRecord]:
+        """Records of ``stage`` in state ``done``, by unit."""
+        return {u: r for u, r in self.load(stage).items() if r.state == "done"}
+
+    def run_keys(self) -> list[str]:
+        """Keys of the dataset's selected runs."""
+        return [run.key for run in self.dataset.runs]
 
     def update(self, records: list[TaskRecord]) -> None:
         """Fold freshly finished records into the cache."""

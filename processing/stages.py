@@ -20,12 +20,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from processing.firstlevel.contrasts import compute_contrast
 from processing.firstlevel.design import build_design
 from processing.firstlevel.design_qc import check_design
 from processing.firstlevel.film import residual_autocorrelation, smooth_autocorrelation
+from processing.firstlevel.fit import contrast_maps, fit_noise_model
 from processing.firstlevel.fixed_effects import fixed_effects
-from processing.firstlevel.glm import fit_ar1, fit_film, fit_ols
+from processing.firstlevel.glm import fit_ols
 from processing.ingest.events import validate_events
 from processing.ingest.nifti import inspect_bold_header
 from processing.preprocess.highpass import highpass_fsl
@@ -164,7 +164,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         name="glm",
-        kernels=(fit_ols, fit_ar1, fit_film, compute_contrast),
+        kernels=(fit_noise_model, contrast_maps),
         version="1",
         inputs=("work:filtered", "derivatives:design", "work:autocorr"),
         outputs=("work:glm_blocks",),

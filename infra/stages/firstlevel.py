@@ -14,26 +14,27 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from infra.arrays import read_array, read_tsv, run_attrs, write_array, write_tsv
-from infra.derivatives import derivative_key, write_json
+from infra.arrays import (
+    array_attrs,
+    array_chunks,
+    read_array,
+    read_tsv,
+    run_attrs,
+    write_array,
+    write_tsv,
+)
+from infra.derivatives import derivative_key, write_json, write_png
 from infra.manifest import TaskRecord, content_key
 from infra.pipeline import PlanContext, StagePlan, Unit, plan_units
-from infra.stages.preprocess import _done, _png, _selected_runs
 from infra.storage import Store
 from infra.tasks import TaskSpec
-from processing.firstlevel.contrasts import compute_contrast
 from processing.firstlevel.design import build_design
 from processing.firstlevel.design_qc import check_design, plot_design
-from processing.firstlevel.film import (
-    autocorrelation_bias,
-    correct_autocorrelation,
-    film_lags,
-    residual_autocorrelation,
-    smooth_autocorrelation,
-)
-from processing.firstlevel.glm import fit_ar1, fit_film, fit_ols, residuals
-from processing.firstlevel.model import RunModel, UndefinedContrast, run_contrast, run_node
-from processing.preprocess.highpass import highpass_matrix, highpass_sigma_volumes
+from processing.firstlevel.film import film_lags, residual_autocorrelation, smooth_autocorrelation
+from processing.firstlevel.fit import contrast_maps, fit_noise_model
+from processing.firstlevel.glm import fit_ols, residuals
+from processing.firstlevel.model import RunModel, run_node
+from processing.preprocess.highpass import highpass_sigma_volumes
 from processing.stages import stage
 
 AUTOCORR_FWHM_MM = 5.0  # FSL smooths FILM's autocorrelation estimates over 5 mm
@@ -77,10 +78,10 @@ def _slices(sel_json: list[list[int]]) -> tuple:
 def plan_design(ctx: PlanContext) -> StagePlan:
     """One design per run that passed the filter; runs excluded upstream stay excluded."""
     model, node = run_model(ctx)
-    filtered, motion, ingested = _done(ctx, "filter"), _done(ctx, "motion"), _done(ctx, "ingest")
+    filtered, motion, ingested = ctx.done("filter"), ctx.done("motion"), ctx.done("ingest")
     excluded = {u: r for u, r in ctx.load("filter").items() if r.state == "excluded"}
     units = []
-    for run in _selected_runs(ctx):
+    for run in ctx.run_keys():
         if run in excluded:
             rec = excluded[run]
             units.append(Unit(run, rec.subject, rec.session, {}, {}, excluded=rec.reason))
@@ -133,7 +134,7 @@ def run_design(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
     record.warnings.extend(f"{c} dropped: {why}" for c, why in design.dropped.items())
     entities = attrs["entities"]
     tsv = write_tsv(store, derivative_key(entities, "design", ".tsv"), design.matrix)
-    png = _png(
+    png = write_png(
         store,
         derivative_key(entities, "design", ".png"),
         lambda path: plot_design(design.matrix, path, title=spec.unit),
@@ -156,8 +157,8 @@ def run_design(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
 # ---------------------------------------------------------------- blocks of a run
 def _block_units(ctx: PlanContext, run: str, upstream: dict, payload: dict) -> list[Unit]:
     """One unit per brain-containing block of the run's filtered data."""
-    filt = _done(ctx, "filter")[run]
-    mask_key = _done(ctx, "motion_reference")[run].outputs["mask"]
+    filt = ctx.done("filter")[run]
+    mask_key = ctx.done("motion_reference")[run].outputs["mask"]
     units = []
     for label, sel in _run_blocks(ctx, run):
         block_payload = {
@@ -200,7 +201,7 @@ def plan_glm_autocorr(ctx: PlanContext) -> StagePlan:
     model, _ = run_model(ctx)
     units = []
     if model.noise_model == "film":
-        for run, rec in _done(ctx, "design").items():
+        for run, rec in ctx.done("design").items():
             upstream = {"design": rec.key}
             payload = {"design": rec.outputs["design"], "n_lags": film_lags(rec.outputs["n_scans"])}
             units += _block_units(ctx, run, upstream, payload)
@@ -224,15 +225,15 @@ def plan_glm_autocorr_smooth(ctx: PlanContext) -> StagePlan:
     if run_model(ctx)[0].noise_model != "film":
         return plan_units(stage("glm_autocorr_smooth"), [], ctx, run_glm_autocorr_smooth)
     blocks = _records_by_run(ctx, "glm_autocorr")
-    for run, rec in _done(ctx, "design").items():
+    for run, rec in ctx.done("design").items():
         done = blocks.get(run, [])
         if not done or len(done) != _expected_blocks(ctx, run):
             continue
         upstream = {"glm_autocorr": content_key(keys=[b.key for b in done])}
         payload = {
             "blocks": [(b.outputs["acf"], b.outputs["block"]) for b in done],
-            "mask": _done(ctx, "motion_reference")[run].outputs["mask"],
-            "bold": _done(ctx, "filter")[run].outputs["bold"],
+            "mask": ctx.done("motion_reference")[run].outputs["mask"],
+            "bold": ctx.done("filter")[run].outputs["bold"],
         }
         units.append(Unit(run, rec.subject, rec.session, upstream, payload))
     return plan_units(stage("glm_autocorr_smooth"), units, ctx, run_glm_autocorr_smooth)
@@ -248,23 +249,11 @@ def run_glm_autocorr_smooth(spec: TaskSpec, record: TaskRecord) -> dict[str, Any
         if acf is None:
             acf = np.zeros((block.shape[0], *mask.shape), dtype=np.float32)
         acf[(slice(None), *_slices(sel_json))] = block
-    affine = np.asarray(_bold_attrs(store, p["bold"])["affine"])
+    affine = np.asarray(array_attrs(store, p["bold"])["affine"])
     smoothed = smooth_autocorrelation(acf, mask, affine, AUTOCORR_FWHM_MM)
-    chunks = (smoothed.shape[0], *_chunks_of(store, p["bold"])[1:])
+    chunks = (smoothed.shape[0], *array_chunks(store, p["bold"])[1:])
     key = write_array(store, f"{p['out']}/acf", smoothed, ("lag", "z", "y", "x"), chunks=chunks)
     return {"acf": key, "fwhm_mm": AUTOCORR_FWHM_MM}
-
-
-def _bold_attrs(store: Store, key: str) -> dict:
-    import zarr
-
-    return dict(zarr.open_array(store=store.zarr_store(key), mode="r").attrs)
-
-
-def _chunks_of(store: Store, key: str) -> tuple[int, ...]:
-    import zarr
-
-    return tuple(zarr.open_array(store=store.zarr_store(key), mode="r").chunks)
 
 
 def _records_by_run(ctx: PlanContext, stage_name: str) -> dict[str, list[TaskRecord]]:
@@ -277,10 +266,15 @@ def _records_by_run(ctx: PlanContext, stage_name: str) -> dict[str, list[TaskRec
 
 
 def _run_blocks(ctx: PlanContext, run: str) -> list[tuple[str, tuple]]:
-    """The run's brain-containing blocks, on the chunk grid of its filtered data."""
-    mask = read_array(ctx.store, _done(ctx, "motion_reference")[run].outputs["mask"])
-    chunks = _chunks_of(ctx.store, _done(ctx, "filter")[run].outputs["bold"])[1:]
-    return spatial_blocks(mask.astype(bool), chunks)
+    """The run's brain-containing blocks, on the chunk grid of its filtered data (read once per
+    plan: several stages' planners ask)."""
+    mask_key = ctx.done("motion_reference")[run].outputs["mask"]
+    bold_key = ctx.done("filter")[run].outputs["bold"]
+    if ("blocks", mask_key, bold_key) not in ctx.memo:
+        mask = read_array(ctx.store, mask_key).astype(bool)
+        chunks = array_chunks(ctx.store, bold_key)[1:]
+        ctx.memo["blocks", mask_key, bold_key] = spatial_blocks(mask, chunks)
+    return ctx.memo["blocks", mask_key, bold_key]
 
 
 def _expected_blocks(ctx: PlanContext, run: str) -> int:
@@ -291,9 +285,9 @@ def _expected_blocks(ctx: PlanContext, run: str) -> int:
 def plan_glm(ctx: PlanContext) -> StagePlan:
     """Fit every block of every designed run (after the smoothed autocorrelation for FILM)."""
     model, _ = run_model(ctx)
-    smooth = _done(ctx, "glm_autocorr_smooth")
+    smooth = ctx.done("glm_autocorr_smooth")
     units = []
-    for run, rec in _done(ctx, "design").items():
+    for run, rec in ctx.done("design").items():
         upstream = {"design": rec.key}
         payload = {
             "design": rec.outputs["design"],
@@ -317,53 +311,23 @@ def _highpass_sigma(tr_s: float, ctx: PlanContext) -> float | None:
     return None if cutoff is None else highpass_sigma_volumes(tr_s, cutoff)
 
 
-def _fit(p: dict, y: np.ndarray, x: np.ndarray, acf: np.ndarray | None):
-    """The run's noise model; with ``bias_correction`` the residual autocorrelation is first
-    freed of the bias that fitting the design and the high-pass filter put into it."""
-    model: RunModel = p["model"]
-    if model.noise_model == "ols":
-        return fit_ols(y, x, demean=True)
-    bias = None
-    if p["bias_correction"]:
-        n_lags = 1 if model.noise_model == "ar1" else acf.shape[0]
-        sigma = p["highpass_sigma"]
-        highpass = None if sigma is None else highpass_matrix(x.shape[0], sigma)
-        bias = autocorrelation_bias(x, n_lags, highpass)
-    if model.noise_model == "ar1":
-        return fit_ar1(y, x, demean=True, bias=bias)
-    if bias is not None:
-        acf = correct_autocorrelation(acf, bias)
-    return fit_film(y, x, acf, demean=True)
-
-
 def run_glm(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
     """Fit one block and write every contrast's effect, variance, t/F and z for it."""
     store, p = Store(spec.store_url), spec.payload
-    model: RunModel = p["model"]
     y, mask, x = _read_block(store, p)
     acf = None
     if "acf" in p:
         acf = read_array(store, p["acf"], (slice(None), *_slices(p["block"])))[:, mask]
-    fit = _fit(p, y.astype(np.float64), x, acf)
-    maps, names, undefined = [fit.sigma2], ["sigmasquared"], {}
-    for contrast in model.contrasts:
-        try:
-            weights = run_contrast(contrast, p["columns"], p["dropped"])
-        except UndefinedContrast as why:
-            undefined[contrast.name] = str(why)
-            continue
-        result = compute_contrast(fit, weights)
-        stat = "t" if contrast.test == "t" else "F"
-        for label, values in (
-            ("effect", result.effect),
-            ("variance", result.variance),
-            (stat, result.stat),
-            ("z", result.z),
-        ):
-            if contrast.test == "F" and label in ("effect", "variance"):
-                continue
-            maps.append(values)
-            names.append(f"{contrast.name}:{label}")
+    model: RunModel = p["model"]
+    fit = fit_noise_model(
+        model.noise_model,
+        y.astype(np.float64),
+        x,
+        acf,
+        highpass_sigma=p["highpass_sigma"],
+        bias_correction=p["bias_correction"],
+    )
+    names, maps, undefined = contrast_maps(fit, model.contrasts, p["columns"], p["dropped"])
     stack = _to_block(np.stack(maps), mask)
     key = write_array(
         store, f"{p['out']}/maps", stack, ("map", "z", "y", "x"), attrs={"names": names}

@@ -6,15 +6,13 @@ Reads and writes only; every number comes from ``processing.preprocess`` kernels
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from infra.arrays import read_array, read_tsv, read_volumes, run_attrs, write_array, write_tsv
-from infra.derivatives import derivative_key, write_nifti
+from infra.derivatives import derivative_key, write_nifti, write_png
 from infra.manifest import TaskRecord, content_key
 from infra.pipeline import PlanContext, StagePlan, Unit, plan_units
 from infra.storage import Store
@@ -45,30 +43,14 @@ def _chunks(n: int, size: int = VOLUMES_PER_TASK) -> list[tuple[int, int]]:
     return [(start, min(start + size, n)) for start in range(0, n, size)]
 
 
-def _done(ctx: PlanContext, stage_name: str) -> dict[str, TaskRecord]:
-    return {u: r for u, r in ctx.load(stage_name).items() if r.state == "done"}
-
-
-def _selected_runs(ctx: PlanContext) -> list[str]:
-    return [run.key for run in ctx.dataset.runs]
-
-
 def _run_of(unit: str) -> str:
     return unit.split("_chunk-")[0]
-
-
-def _png(store: Store, key: str, draw) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "figure.png"
-        draw(path)
-        store.write_bytes(key, path.read_bytes())
-    return key
 
 
 # ---------------------------------------------------------------- motion_reference (per run)
 def plan_motion_reference(ctx: PlanContext) -> StagePlan:
     """One task per ingested run."""
-    ingested = _done(ctx, "ingest")
+    ingested = ctx.done("ingest")
     units = [
         Unit(
             run,
@@ -77,7 +59,7 @@ def plan_motion_reference(ctx: PlanContext) -> StagePlan:
             {"ingest": rec.key},
             {"raw": rec.outputs["zarr"], "how": ctx.param("preprocessing.reference_volume")},
         )
-        for run in _selected_runs(ctx)
+        for run in ctx.run_keys()
         if (rec := ingested.get(run))
     ]
     return plan_units(stage("motion_reference"), units, ctx, run_motion_reference)
@@ -116,9 +98,9 @@ def _n_volumes(store: Store, raw: str) -> int:
 # ---------------------------------------------------------------- motion_estimate (run x chunk)
 def plan_motion_estimate(ctx: PlanContext) -> StagePlan:
     """Chunks of ``VOLUMES_PER_TASK`` volumes of every run with a reference."""
-    ingested, refs = _done(ctx, "ingest"), _done(ctx, "motion_reference")
+    ingested, refs = ctx.done("ingest"), ctx.done("motion_reference")
     units = []
-    for run in _selected_runs(ctx):
+    for run in ctx.run_keys():
         if run not in refs or run not in ingested:
             continue
         ref = refs[run]
@@ -166,7 +148,7 @@ def _run_chunks(ctx: PlanContext, stage_name: str, run: str) -> list[TaskRecord]
 def _chunk_records(ctx: PlanContext, stage_name: str, run: str) -> list[TaskRecord] | None:
     """The run's chunk records when every expected chunk is done, else None."""
     records = _run_chunks(ctx, stage_name, run)
-    refs = _done(ctx, "motion_reference")
+    refs = ctx.done("motion_reference")
     expected = len(_chunks(refs[run].outputs["n_volumes"])) if run in refs else -1
     complete = len(records) == expected and all(r.state == "done" for r in records)
     return records if complete else None
@@ -174,9 +156,9 @@ def _chunk_records(ctx: PlanContext, stage_name: str, run: str) -> list[TaskReco
 
 def plan_motion(ctx: PlanContext) -> StagePlan:
     """One summary task per run whose chunks are all estimated."""
-    ingested = _done(ctx, "ingest")
+    ingested = ctx.done("ingest")
     units = []
-    for run in _selected_runs(ctx):
+    for run in ctx.run_keys():
         chunks = _chunk_records(ctx, "motion_estimate", run)
         if chunks is None or run not in ingested:
             continue
@@ -203,7 +185,7 @@ def run_motion(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
     write_tsv(store, confounds, table)
     transforms = _write_transforms(store, entities, params, attrs, p["raw"])
     figure = derivative_key(entities, "motion", ".png", desc="qc")
-    _png(
+    write_png(
         store,
         figure,
         lambda path: plot_motion(
@@ -247,12 +229,12 @@ def _grid(store: Store, raw: str) -> tuple[int, int, int]:
 def plan_preprocess(ctx: PlanContext) -> StagePlan:
     """Resample + smooth chunks of every usable run; excluded runs are recorded as excluded."""
     ingested, refs, motion = (
-        _done(ctx, "ingest"),
-        _done(ctx, "motion_reference"),
-        _done(ctx, "motion"),
+        ctx.done("ingest"),
+        ctx.done("motion_reference"),
+        ctx.done("motion"),
     )
     units = []
-    for run in _selected_runs(ctx):
+    for run in ctx.run_keys():
         if run not in motion or run not in refs or run not in ingested:
             continue
         mot, ref = motion[run], refs[run]
@@ -307,9 +289,9 @@ MOTION_COLUMNS = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
 # ---------------------------------------------------------------- filter (per run)
 def plan_filter(ctx: PlanContext) -> StagePlan:
     """Per run: grand-mean scaling, FSL high-pass, rechunk to spatial blocks, QC."""
-    refs, ingested = _done(ctx, "motion_reference"), _done(ctx, "ingest")
+    refs, ingested = ctx.done("motion_reference"), ctx.done("ingest")
     units = []
-    for run in _selected_runs(ctx):
+    for run in ctx.run_keys():
         chunks = _run_chunks(ctx, "preprocess", run)
         if chunks and all(r.state == "excluded" for r in chunks):
             units.append(
@@ -370,7 +352,7 @@ def run_filter(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
         ),
     }
     overlay = derivative_key(entities, "mask", ".png", desc="qc")
-    _png(
+    write_png(
         store,
         overlay,
         lambda path: save_mask_overlay_png(mean, mask, path, title=_run_of(spec.unit)),

@@ -10,18 +10,16 @@ from typing import Any
 
 import numpy as np
 
-from infra.arrays import read_array, run_attrs, write_array
-from infra.derivatives import derivative_key, read_nifti, write_nifti
+from infra.arrays import array_attrs, read_array, run_attrs, write_array
+from infra.derivatives import derivative_key, read_nifti, write_nifti, write_png
 from infra.manifest import TaskRecord, content_key
 from infra.pipeline import PlanContext, StagePlan, Unit, plan_units
 from infra.stages.firstlevel import (
-    _bold_attrs,
     _expected_blocks,
     _records_by_run,
     _slices,
     run_model,
 )
-from infra.stages.preprocess import _done, _png, _selected_runs
 from infra.storage import Store
 from infra.tasks import TaskSpec
 from processing.firstlevel.figures import save_stat_overlay_png
@@ -46,8 +44,8 @@ def plan_glm_maps(ctx: PlanContext) -> StagePlan:
     """One assembly task per run whose GLM blocks are all done."""
     model, _ = run_model(ctx)
     blocks = _records_by_run(ctx, "glm")
-    designs, ingested = _done(ctx, "design"), _done(ctx, "ingest")
-    filtered, refs = _done(ctx, "filter"), _done(ctx, "motion_reference")
+    designs, ingested = ctx.done("design"), ctx.done("ingest")
+    filtered, refs = ctx.done("filter"), ctx.done("motion_reference")
     units = []
     for run, rec in designs.items():
         done = blocks.get(run, [])
@@ -88,7 +86,7 @@ def run_glm_maps(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
     """Stitch the blocks into whole (z, y, x) maps; write Zarr arrays and NIfTI statmaps."""
     store, p = Store(spec.store_url), spec.payload
     mask = read_array(store, p["mask"]).astype(bool)
-    affine = np.asarray(_bold_attrs(store, p["bold"])["affine"])
+    affine = np.asarray(array_attrs(store, p["bold"])["affine"])
     entities = run_attrs(store, p["raw"])["entities"]
     maps = np.zeros((len(p["names"]), *mask.shape), dtype=np.float32)
     for key, sel_json in p["blocks"]:
@@ -128,7 +126,7 @@ def _z_figures(store: Store, mean_key: str, maps: dict, entities: dict) -> dict[
         if stat != "z":
             continue
         key = derivative_key(entities, "statmap", ".png", contrast=contrast, stat="z")
-        figures[contrast] = _png(
+        figures[contrast] = write_png(
             store,
             key,
             lambda path, v=volume, c=contrast: save_stat_overlay_png(
@@ -142,7 +140,7 @@ def _z_figures(store: Store, mean_key: str, maps: dict, entities: dict) -> dict[
 def _session_groups(ctx: PlanContext) -> dict[str, list[str]]:
     """Selected runs grouped by subject, session and task: ``sub-01_ses-pre_task-cuff``."""
     groups: dict[str, list[str]] = {}
-    for run in _selected_runs(ctx):
+    for run in ctx.run_keys():
         session = "_".join(part for part in run.split("_") if not part.startswith("run-"))
         groups.setdefault(session, []).append(run)
     return groups
@@ -150,7 +148,7 @@ def _session_groups(ctx: PlanContext) -> dict[str, list[str]]:
 
 def plan_fixed_effects(ctx: PlanContext) -> StagePlan:
     """One task per session once each of its runs has maps or was excluded."""
-    maps = _done(ctx, "glm_maps")
+    maps = ctx.done("glm_maps")
     design = ctx.load("design")
     model, _ = run_model(ctx)
     units = []
@@ -170,7 +168,7 @@ def plan_fixed_effects(ctx: PlanContext) -> StagePlan:
             "excluded": {r: design[r].reason for r in excluded},
             "model": model,
             "dof_cap": ctx.param("boldcloud.session_level.dof_cap"),
-            "raw": _done(ctx, "ingest")[usable[0]].outputs["zarr"],
+            "raw": ctx.done("ingest")[usable[0]].outputs["zarr"],
         }
         upstream = {"glm_maps": content_key(keys=[maps[r].key for r in usable])}
         units.append(Unit(session, first.subject, first.session, upstream, payload))
@@ -183,7 +181,7 @@ def run_fixed_effects(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
     runs = sorted(p["runs"])
     masks = [read_array(store, p["runs"][r]["mask"]).astype(bool) for r in runs]
     mask = np.logical_and.reduce(masks)
-    affine = np.asarray(_bold_attrs(store, p["runs"][runs[0]]["maps"]["sigmasquared"])["affine"])
+    affine = np.asarray(array_attrs(store, p["runs"][runs[0]]["maps"]["sigmasquared"])["affine"])
     entities = {k: v for k, v in run_attrs(store, p["raw"])["entities"].items() if k != "run"}
     write_nifti(store, derivative_key(entities, "mask", ".nii.gz", desc="brain"), mask, affine)
     outputs: dict[str, Any] = {"maps": {}, "nifti": {}, "dof": {}, "runs": {}, "passed_through": []}
