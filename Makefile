@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 DEMO   ?= demo-output
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
-.PHONY: demo test install install-dev lint clean
+.PHONY: demo test install install-dev lint clean system-deps
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,11 @@ lint: install-dev
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-## test: lint, import-direction check and the test suite
-test: lint
+system-deps:
+	bash .ci/system-deps
+
+## test: lint, import-direction check and the test suite (system-deps: Chromium, SLURM, munge)
+test: lint system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 clean:
