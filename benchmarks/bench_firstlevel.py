@@ -39,6 +39,8 @@ def main():
     ctx = context(folder, mode.split("-")[1] if mode.startswith("boldcloud") else "ar1")
     if mode == "nilearn-ar1":
         out = run_nilearn(ctx)
+    elif mode.endswith("memory"):
+        out = run_in_memory(ctx, mode.split("-")[1])
     else:
         out = run_boldcloud(ctx, mode)
     print("RESULT " + json.dumps(out))
@@ -70,6 +72,38 @@ def run_nilearn(ctx):
     seconds = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seconds": seconds, "peak_mb": peak, "voxels": int(mask.sum())}
+
+def run_in_memory(ctx, noise_model):
+    import numpy as np, pandas as pd
+    from infra.arrays import read_array, read_tsv, run_attrs
+    from infra.manifest import Manifest
+    from infra.stages.firstlevel import run_model
+    from processing.firstlevel.design import build_design
+    from processing.firstlevel.volume import fit_run
+    from processing.preprocess.highpass import highpass_sigma_volumes
+    m = Manifest(ctx.store)
+    filt = next(r for r in m.records("filter") if r.state == "done")
+    ref = next(r for r in m.records("motion_reference") if r.unit == filt.unit)
+    raw = next(r for r in m.records("ingest") if r.unit == filt.unit)
+    motion = next(r for r in m.records("motion") if r.unit == filt.unit)
+    attrs = run_attrs(ctx.store, raw.outputs["zarr"])
+    confounds = read_tsv(ctx.store, motion.outputs["confounds"])
+    bold = read_array(ctx.store, filt.outputs["bold"])
+    mask = read_array(ctx.store, ref.outputs["mask"]).astype(bool)
+    from infra.arrays import array_attrs
+    affine = np.asarray(array_attrs(ctx.store, filt.outputs["bold"])["affine"])
+    model, _ = run_model(ctx)
+    cutoff = ctx.param("preprocessing.highpass_cutoff_s")
+    t0 = time.perf_counter()
+    design = build_design(pd.DataFrame(attrs["events"]), len(confounds), float(attrs["tr_s"]),
+                          model.conditions, hrf_model=model.hrf_model,
+                          confounds=confounds[list(model.confounds)], highpass_cutoff_s=cutoff)
+    maps = fit_run(bold, mask, affine, design.matrix.to_numpy(), list(design.matrix.columns),
+                   model.contrasts, noise_model,
+                   highpass_sigma=highpass_sigma_volumes(float(attrs["tr_s"]), cutoff))
+    seconds = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "peak_mb": peak, "maps": len(maps.names)}
 
 def run_boldcloud(ctx, mode):
     import psutil
@@ -184,6 +218,8 @@ def main() -> None:
     prepare(args.keep)
     modes = [
         "nilearn-ar1",
+        "boldcloud-ar1-memory",
+        "boldcloud-film-memory",
         "boldcloud-ar1-1proc",
         "boldcloud-film-1proc",
         "boldcloud-ar1-dask2",

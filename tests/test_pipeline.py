@@ -186,3 +186,39 @@ def test_sessions_combine_usable_runs_or_say_why_not(finished):
         assert (len(usable) == 1) == ("P40vsP0" in rec.outputs["passed_through"])
         side = store.read_json(rec.outputs["nifti"]["P40vsP0:z"].replace(".nii.gz", ".json"))
         assert side["Method"] == "fixed_effects" and side["DegreesOfFreedom"] == dof
+
+
+def test_block_stages_equal_the_in_memory_reference(finished):
+    """The engine's FILM in blocks (glm_autocorr -> glm_autocorr_smooth -> glm -> glm_maps)
+    gives the maps of processing.firstlevel.volume.fit_run on the whole run at once."""
+    from infra.arrays import array_attrs, read_array
+    from infra.stages.firstlevel import run_model
+    from processing.firstlevel.volume import fit_run
+    from processing.preprocess.highpass import highpass_sigma_volumes
+
+    out, store, _, _ = finished
+    manifest = Manifest(store)
+    maps = next(r for r in manifest.records("glm_maps") if r.state == "done")
+    design = manifest.get("design", maps.unit)
+    bold_key = manifest.get("filter", maps.unit).outputs["bold"]
+    mask = read_array(store, manifest.get("motion_reference", maps.unit).outputs["mask"]) > 0
+    study = load_study(str(out / "study.yaml"))
+    ctx = PlanContext(study, None, store)
+    model, _ = run_model(ctx)
+    cutoff = ctx.param("preprocessing.highpass_cutoff_s")
+    assert model.noise_model == "film"
+    reference = fit_run(
+        read_array(store, bold_key),
+        mask,
+        np.asarray(array_attrs(store, bold_key)["affine"]),
+        read_tsv(store, design.outputs["design"]).to_numpy(),
+        design.outputs["columns"],
+        model.contrasts,
+        model.noise_model,
+        dropped=design.outputs["dropped"],
+        highpass_sigma=highpass_sigma_volumes(design.outputs["tr_s"], cutoff),
+    )
+    assert reference.dof == maps.outputs["dof"]
+    for name in ("sigmasquared", "P40vsP0:effect", "P40vsP0:variance", "P40vsP0:z"):
+        ours = read_array(store, maps.outputs["maps"][name])
+        np.testing.assert_allclose(ours[mask], reference.get(name)[mask], rtol=1e-4, atol=1e-5)

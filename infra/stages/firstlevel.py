@@ -34,10 +34,9 @@ from processing.firstlevel.film import film_lags, residual_autocorrelation, smoo
 from processing.firstlevel.fit import contrast_maps, fit_noise_model
 from processing.firstlevel.glm import fit_ols, residuals
 from processing.firstlevel.model import RunModel, run_node
+from processing.firstlevel.volume import AUTOCORR_FWHM_MM
 from processing.preprocess.highpass import highpass_sigma_volumes
 from processing.stages import stage
-
-AUTOCORR_FWHM_MM = 5.0  # FSL smooths FILM's autocorrelation estimates over 5 mm
 
 
 # ---------------------------------------------------------------- run model & blocks

@@ -1,0 +1,147 @@
+"""The whole first level of one run in memory: the reference the engine's block stages reproduce.
+
+The engine splits this into ``glm_autocorr`` (per block), ``glm_autocorr_smooth`` (per run) and
+``glm`` (per block) so that no task holds more than one block; :func:`fit_run` runs the same
+steps on a whole in-memory run, in voxel batches. It is what a notebook user calls, what the
+first-level benchmark times against nilearn, and what the engine's output is tested against.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from processing.firstlevel.film import film_lags, residual_autocorrelation, smooth_autocorrelation
+from processing.firstlevel.fit import contrast_maps, fit_noise_model
+from processing.firstlevel.glm import fit_ols, residuals
+from processing.firstlevel.model import Contrast
+
+__all__ = ["AUTOCORR_FWHM_MM", "RunMaps", "fit_run"]
+
+AUTOCORR_FWHM_MM = 5.0  # FSL smooths FILM's autocorrelation estimates over 5 mm
+_VOXELS_PER_BATCH = 16384  # bounds the float64 copies and per-voxel (p, p) matrices of a batch
+
+
+@dataclass
+class RunMaps:
+    """Every map of one run's first level.
+
+    Attributes
+    ----------
+    names : list of str
+        ``"sigmasquared"`` and ``"<contrast>:<stat>"`` (see
+        :func:`processing.firstlevel.fit.contrast_maps`).
+    maps : ndarray, shape (len(names), z, y, x), float32
+        0 outside the mask.
+    dof : float
+        Residual degrees of freedom of the run.
+    undefined : dict
+        Contrasts undefined in this run, with the reason.
+    """
+
+    names: list[str]
+    maps: NDArray[np.float32]
+    dof: float
+    undefined: dict[str, str] = field(default_factory=dict)
+
+    def get(self, name: str) -> NDArray[np.float32]:
+        """The map called ``name`` (e.g. ``"P40vsP0:z"``)."""
+        if name not in self.names:
+            raise KeyError(f"no map {name!r}; this run has {self.names}")
+        return self.maps[self.names.index(name)]
+
+
+def fit_run(
+    bold: ArrayLike,
+    mask: ArrayLike,
+    affine: ArrayLike,
+    design: ArrayLike,
+    columns: Sequence[str],
+    contrasts: Sequence[Contrast],
+    noise_model: str = "film",
+    *,
+    dropped: Mapping[str, str] | None = None,
+    highpass_sigma: float | None = None,
+    bias_correction: bool = True,
+    autocorr_fwhm_mm: float = AUTOCORR_FWHM_MM,
+) -> RunMaps:
+    """Fit one run's GLM and compute every contrast map, in memory.
+
+    Parameters
+    ----------
+    bold : array_like, shape (N, z, y, x)
+        Preprocessed (filtered) run, time first.
+    mask : array_like of bool, shape (z, y, x)
+        Brain mask; only these voxels are fitted.
+    affine : array_like, shape (4, 4)
+        Voxel (x, y, z order of NIfTI) to world mm; sets the autocorrelation smoothing kernel.
+    design : array_like, shape (N, p)
+        The run's design (filtered, demeaned; :func:`processing.firstlevel.design.build_design`).
+    columns : sequence of str
+        Names of the design columns.
+    contrasts : sequence of Contrast
+    noise_model : {"film", "ar1", "ols"}
+    dropped : mapping, optional
+        Conditions dropped from this run (contrasts needing them become undefined).
+    highpass_sigma : float, optional
+        High-pass sigma in volumes applied to the data (enters the bias correction).
+    bias_correction : bool
+        See :func:`processing.firstlevel.fit.fit_noise_model`.
+    autocorr_fwhm_mm : float
+        FWHM of FILM's spatial smoothing of the autocorrelation, in mm.
+
+    Returns
+    -------
+    RunMaps
+    """
+    data = np.asarray(bold)
+    brain = np.asarray(mask, dtype=bool)
+    if data.ndim != 4 or data.shape[1:] != brain.shape:
+        raise ValueError(
+            f"bold must be (N, z, y, x) on the mask's grid {brain.shape}, got shape {data.shape}"
+        )
+    x = np.asarray(design, dtype=np.float64)
+    y = data[:, brain]
+    acf = None
+    if noise_model == "film":
+        acf = _smoothed_autocorrelation(y, x, brain, affine, autocorr_fwhm_mm)
+    names: list[str] = []
+    values: list[NDArray[np.float64]] = []
+    dof, undefined = float(x.shape[0]), {}
+    for start in range(0, y.shape[1], _VOXELS_PER_BATCH):
+        cols = slice(start, min(start + _VOXELS_PER_BATCH, y.shape[1]))
+        fit = fit_noise_model(
+            noise_model,
+            y[:, cols].astype(np.float64),
+            x,
+            None if acf is None else acf[:, cols],
+            highpass_sigma=highpass_sigma,
+            bias_correction=bias_correction,
+        )
+        names, maps, undefined = contrast_maps(fit, contrasts, columns, dropped or {})
+        values.append(np.stack(maps))
+        dof = float(fit.dof)
+    out = np.zeros((len(names), *brain.shape), dtype=np.float32)
+    if values:
+        out[:, brain] = np.concatenate(values, axis=1)
+    return RunMaps(names, out, dof, undefined)
+
+
+def _smoothed_autocorrelation(
+    y: NDArray, x: NDArray[np.float64], mask: NDArray[np.bool_], affine: ArrayLike, fwhm: float
+) -> NDArray[np.float32]:
+    """FILM's raw OLS-residual autocorrelation (lags 1..M), smoothed within the mask: (M, V)."""
+    n_lags = film_lags(y.shape[0])
+    raw = np.zeros((n_lags, y.shape[1]))
+    for start in range(0, y.shape[1], _VOXELS_PER_BATCH):
+        cols = slice(start, min(start + _VOXELS_PER_BATCH, y.shape[1]))
+        block = y[:, cols].astype(np.float64)
+        raw[:, cols] = residual_autocorrelation(
+            residuals(fit_ols(block, x, demean=True), block, x), n_lags
+        )
+    maps = np.zeros((n_lags, *mask.shape), dtype=np.float32)
+    maps[:, mask] = raw
+    return smooth_autocorrelation(maps, mask, affine, fwhm)[:, mask]
