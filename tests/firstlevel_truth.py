@@ -37,10 +37,16 @@ def local_peak(volume: np.ndarray, affine: np.ndarray, centre_mm, radius_mm: flo
 
 def roi_recovery(
     store, nifti: dict, truth: Path, sub: str, ses: str, contrast: str, min_psc: float = 1.0
-):
-    """Per planted ROI with >= ``min_psc`` % signal change in ``contrast``: distance (mm) from
-    the planted peak to our z peak near it, and that z."""
+) -> dict[str, dict[str, float]]:
+    """Per planted ROI with >= ``min_psc`` % signal change in ``contrast``, where our maps put it.
+
+    ``effect_mm``: distance from the planted peak to the peak of our effect (COPE) map near it,
+    the estimate of where the effect is; ``z_at_effect``: our z there; ``z_peak_mm`` and
+    ``z_peak``: the same for the z map's own peak, which also follows the spatial pattern of the
+    noise variance, so it may sit a voxel or two off the effect.
+    """
     z, affine = read_nifti(store, nifti[f"{contrast}:z"])
+    effect, _ = read_nifti(store, nifti[f"{contrast}:effect"])
     planted = planted_map(truth, sub, ses, contrast)
     transform = load_subject_transform(truth, sub)
     rois = json.loads((truth / "truth.json").read_text())["rois"]
@@ -50,6 +56,18 @@ def roi_recovery(
         true_mm, true_psc = local_peak(planted, affine, centre, 12.0)
         if true_psc < min_psc:
             continue
-        ours_mm, ours_z = local_peak(z, affine, true_mm, 12.0)
-        out[roi["name"]] = (float(np.linalg.norm(ours_mm - true_mm)), ours_z)
+        effect_mm, _ = local_peak(effect, affine, true_mm, 12.0)
+        z_mm, z_peak = local_peak(z, affine, true_mm, 12.0)
+        out[roi["name"]] = {
+            "effect_mm": float(np.linalg.norm(effect_mm - true_mm)),
+            "z_at_effect": value_at(z, affine, effect_mm),
+            "z_peak_mm": float(np.linalg.norm(z_mm - true_mm)),
+            "z_peak": z_peak,
+        }
     return out
+
+
+def value_at(volume: np.ndarray, affine: np.ndarray, world_mm) -> float:
+    """The value of the voxel at world mm ``world_mm``."""
+    ijk = np.rint(np.linalg.solve(affine, [*world_mm, 1.0])[:3]).astype(int)
+    return float(volume[ijk[2], ijk[1], ijk[0]])
