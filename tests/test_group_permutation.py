@@ -1,0 +1,206 @@
+"""Permutation inference: enumeration, reproducibility, Freedman-Lane, TFCE, FWE calibration."""
+
+from collections import deque
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from processing.group.designs import one_sample_design
+from processing.group.permutation import (
+    cluster_forming_t,
+    combine_batches,
+    fwe_p,
+    make_permutations,
+    permutation_batch,
+    permuted_t,
+    prepare_model,
+)
+from processing.group.tfce import connectivity_structure, tfce, tfce_step
+
+
+def test_exhaustive_sign_flips_enumerate_all_and_batches_partition_the_set():
+    perms = make_permutations(6, n_perm=100, kind="sign", seed=3)
+    assert perms.exhaustive and perms.n_total == 64
+    assert np.all(perms.signs[0] == 1)  # identity first
+    assert len({tuple(r) for r in perms.signs}) == 64
+    parts = [make_permutations(6, 100, seed=3, batch=b, n_batches=5) for b in range(5)]
+    np.testing.assert_array_equal(np.concatenate([p.signs for p in parts]), perms.signs)
+    np.testing.assert_array_equal(np.concatenate([p.indices for p in parts]), np.arange(64))
+    rows = make_permutations(4, n_perm=30, kind="rows")
+    assert rows.n_total == 24 and len({tuple(r) for r in rows.orders}) == 24
+
+
+def test_random_permutations_are_reproducible_and_independent_of_batching():
+    a = make_permutations(18, 500, seed=11)
+    assert not a.exhaustive and a.n_total == 500 and np.all(a.signs[0] == 1)
+    b = make_permutations(18, 500, seed=11, batch=3, n_batches=7)
+    np.testing.assert_array_equal(a.signs[b.indices], b.signs)
+    c = make_permutations(18, 500, seed=12)
+    assert not np.array_equal(a.signs[1:], c.signs[1:])
+    r = make_permutations(10, 50, kind="rows", seed=1)
+    assert all(sorted(o) == list(range(10)) for o in r.orders)
+    with pytest.raises(ValueError, match="kind"):
+        make_permutations(5, kind="shuffle")
+
+
+def _naive_t(y, x, c):
+    beta, *_ = np.linalg.lstsq(x, y, rcond=None)
+    resid = y - x @ beta
+    dof = x.shape[0] - np.linalg.matrix_rank(x)
+    var = (resid**2).sum(0) / dof * (c @ np.linalg.inv(x.T @ x) @ c)
+    return (c @ beta) / np.sqrt(var)
+
+
+@pytest.mark.parametrize("kind", ["sign", "rows"])
+def test_freedman_lane_matrix_form_equals_refitting_each_permutation(kind):
+    rng = np.random.default_rng(0)
+    n = 12
+    cov = rng.normal(size=n)
+    design = one_sample_design(n, covariates={"age": cov})
+    y = rng.normal(size=(n, 30)) + 0.5 * cov[:, None]
+    c = design.contrast("age" if kind == "rows" else "mean")
+    x = design.matrix
+    perms = make_permutations(n, 20, kind=kind, seed=2)
+    t = permuted_t(y, prepare_model(design, c), perms)
+    # reference: residualise on the nuisance space {X b : c b = 0}, rearrange, refit with lstsq
+    nuis = x[:, c == 0]
+    hz = nuis @ np.linalg.pinv(nuis)
+    for k in range(20):
+        r = (np.eye(n) - hz) @ y
+        ystar = perms.signs[k][:, None] * r[perms.orders[k]] + hz @ y
+        np.testing.assert_allclose(t[k], _naive_t(ystar, x, c), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(t[0], _naive_t(y, x, c), rtol=1e-10)
+
+
+def _smooth_maps(rng, n, shape, fwhm_vox=2.5):
+    sigma = fwhm_vox / 2.3548
+    data = ndimage.gaussian_filter(rng.normal(size=(n, *shape)), (0, sigma, sigma, sigma))
+    return data / data.std()
+
+
+def test_batch_maxima_equal_a_direct_computation():
+    rng = np.random.default_rng(4)
+    mask = np.zeros((10, 11, 9), bool)
+    mask[1:9, 1:10, 1:8] = True
+    mask[4, 4, :] = False
+    n = 10
+    data = _smooth_maps(rng, n, mask.shape)[:, mask] + 0.3
+    design = one_sample_design(n)
+    perms = make_permutations(n, 40, seed=5)
+    dh = 0.1
+    out = permutation_batch(data, design, "mean", perms, mask, tfce_dh=dh, block=16)
+    t_all = permuted_t(data, prepare_model(design, "mean"), perms)
+    thr = cluster_forming_t(2.3, n - 1)
+    structure = connectivity_structure(26)
+    for k in range(40):
+        vol = np.zeros(mask.shape)
+        vol[mask] = t_all[k]
+        labels, count = ndimage.label(vol > thr, structure)
+        sizes = np.bincount(labels.ravel())[1:]
+        mass = np.bincount(labels.ravel(), weights=np.clip(vol - thr, 0, None).ravel())[1:]
+        assert out["max_t"][k] == pytest.approx(t_all[k].max(), rel=1e-10)
+        assert out["max_extent"][k] == (sizes.max() if count else 0)
+        assert out["max_mass"][k] == pytest.approx(mass.max() if count else 0.0, rel=1e-9)
+        assert out["max_tfce"][k] == pytest.approx(tfce(vol, dh).max(), rel=1e-9)
+    np.testing.assert_array_equal(out["index"], np.arange(40))
+
+
+def _tfce_reference(vol, dh, e=0.5, h=2.0):
+    """Definition, voxel by voxel: breadth-first flood fill at every height (6-connectivity)."""
+    out = np.zeros(vol.shape)
+    steps = [(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)]
+    for v in zip(*np.nonzero(vol > 0), strict=True):
+        k = 1
+        while k * dh <= vol[v]:
+            level = k * dh
+            seen, queue = {v}, deque([v])
+            while queue:
+                cur = queue.popleft()
+                for d in steps:
+                    nb = tuple(int(a + b) for a, b in zip(cur, d, strict=True))
+                    if all(0 <= nb[i] < vol.shape[i] for i in range(3)) and nb not in seen:
+                        if vol[nb] >= level:
+                            seen.add(nb)
+                            queue.append(nb)
+            out[v] += len(seen) ** e * level**h * dh
+            k += 1
+    return out
+
+
+def test_tfce_matches_the_definition_on_a_small_volume():
+    rng = np.random.default_rng(6)
+    vol = _smooth_maps(rng, 1, (7, 6, 5), fwhm_vox=2.0)[0] * 2
+    dh = tfce_step(vol, 20)
+    np.testing.assert_allclose(tfce(vol, dh), _tfce_reference(vol, dh), rtol=1e-12)
+    with pytest.raises(ValueError, match="dh"):
+        tfce(vol, 0.0)
+
+
+def test_fwe_p_counts_the_observed_labelling():
+    null = np.array([5.0, 1.0, 2.0, 3.0])  # identity first
+    np.testing.assert_allclose(fwe_p([5.0, 2.5, 0.5, 9.0], null), [0.25, 0.5, 1.0, 0.25])
+
+
+def test_null_familywise_error_rate_is_near_five_percent():
+    rng = np.random.default_rng(7)
+    shape, n, n_perm, n_sims = (10, 10, 8), 14, 60, 200
+    mask = np.ones(shape, bool)
+    design = one_sample_design(n)
+    perms = make_permutations(n, n_perm, seed=8)
+    hits = {"max_t": 0, "max_extent": 0, "max_mass": 0}
+    for _ in range(n_sims):
+        data = _smooth_maps(rng, n, shape)[:, mask]
+        out = permutation_batch(data, design, "mean", perms, mask)
+        for key in hits:  # the observed (identity) maximum is significant at 5 %
+            hits[key] += fwe_p(out[key][0], out[key])[()] <= 0.05 and out[key][0] > 0
+    rates = {k: v / n_sims for k, v in hits.items()}
+    assert all(0.02 <= r <= 0.09 for r in rates.values()), rates
+
+
+def test_a_planted_blob_is_detected_and_nothing_elsewhere():
+    rng = np.random.default_rng(9)
+    shape, n = (14, 14, 12), 12
+    mask = np.ones(shape, bool)
+    blob = np.zeros(shape)
+    blob[4, 4, 4] = 1
+    blob = ndimage.gaussian_filter(blob, 2.0)
+    blob /= blob.max()
+    maps = _smooth_maps(rng, n, shape) + 2.0 * blob
+    data = maps[:, mask]
+    design = one_sample_design(n)
+    perms = make_permutations(n, 100, seed=1)
+    t_obs = permuted_t(data, prepare_model(design, "mean"), perms)[0]
+    dh = tfce_step(t_obs)
+    out = permutation_batch(data, design, "mean", perms, mask, tfce_dh=dh)
+    vol = np.zeros(shape)
+    vol[mask] = t_obs
+    labels, _ = ndimage.label(vol > cluster_forming_t(2.3, n - 1), connectivity_structure(26))
+    sizes = np.bincount(labels.ravel())
+    p_cluster = fwe_p(sizes[1:], out["max_extent"])
+    blob_label = labels[4, 4, 4]
+    assert blob_label > 0 and p_cluster[blob_label - 1] < 0.05
+    assert np.all(np.delete(p_cluster, blob_label - 1) > 0.05)
+    p_tfce = fwe_p(tfce(vol, dh), out["max_tfce"])
+    assert p_tfce[4, 4, 4] < 0.05
+    assert np.all(p_tfce[blob < 0.01] > 0.05)
+
+
+def test_batches_in_any_order_combine_to_the_serial_null():
+    rng = np.random.default_rng(10)
+    mask = np.zeros((8, 8, 6), bool)
+    mask[1:7, 1:7, 1:5] = True
+    data = _smooth_maps(rng, 9, mask.shape)[:, mask]
+    design = one_sample_design(9)
+    whole = permutation_batch(data, design, "mean", make_permutations(9, 80, seed=4), mask)
+    parts = [
+        permutation_batch(
+            data, design, "mean", make_permutations(9, 80, seed=4, batch=b, n_batches=3), mask
+        )
+        for b in (2, 0, 1)
+    ]
+    joined = combine_batches(parts, 80)
+    for key in whole:
+        np.testing.assert_array_equal(joined[key], whole[key])
+    with pytest.raises(ValueError, match="missing"):
+        combine_batches(parts[:2], 80)
