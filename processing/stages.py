@@ -26,8 +26,22 @@ from processing.firstlevel.film import residual_autocorrelation, smooth_autocorr
 from processing.firstlevel.fit import contrast_maps, fit_noise_model
 from processing.firstlevel.fixed_effects import fixed_effects
 from processing.firstlevel.glm import fit_ols
+from processing.group.clinical import correlation_matrix, paired_tests, roi_correlations
+from processing.group.clusters import cluster_table
+from processing.group.designs import design_from_spec, paired_differences
+from processing.group.flame import data_mask, flame1, ols
+from processing.group.grf import estimate_smoothness, grf_cluster_p
+from processing.group.permutation import (
+    combine_batches,
+    fwe_p,
+    make_permutations,
+    permutation_batch,
+)
+from processing.group.roi import roi_psc, sphere_mask
 from processing.ingest.events import validate_events
 from processing.ingest.nifti import inspect_bold_header
+from processing.normalise.normalise import normalise_epi, normalise_t1, register_epi_to_t1
+from processing.normalise.resample import resample_to_template
 from processing.preprocess.highpass import highpass_fsl
 from processing.preprocess.masks import epi_brain_mask
 from processing.preprocess.motion import (
@@ -193,6 +207,117 @@ STAGES: tuple[Stage, ...] = (
         chunk_axis="none",
         params=("boldcloud.session_level.dof_cap",),
         description="Inverse-variance fixed effects of a session's usable runs (flameo fe).",
+    ),
+    Stage(
+        name="normalise",
+        kernels=(normalise_t1, register_epi_to_t1, normalise_epi, resample_to_template),
+        version="1",
+        inputs=("source:T1w", "work:session_maps"),
+        outputs=("work:template_maps", "derivatives:statmap", "derivatives:xfm", "figures:reg"),
+        granularity="subject",
+        chunk_axis="none",
+        params=(),
+        description="T1w -> MNI152NLin2009aSym 2 mm (affine + SyN), mean EPI -> T1w (rigid), "
+        "composed and applied once to each session's effect, variance, mask and mean image.",
+    ),
+    Stage(
+        name="group_stack",
+        kernels=(paired_differences, design_from_spec, data_mask),
+        version="1",
+        inputs=("work:template_maps",),
+        outputs=("work:group_stack",),
+        granularity="group",
+        chunk_axis="subject",
+        params=("boldcloud.group_level.variance_groups",),
+        description="Per group analysis (Dataset node x contrast [x session]): the included "
+        "subjects' MNI effect/variance maps (paired: post - pre, summed variance) stacked as "
+        "(subject, z, y, x) chunked spatially; exclusions from the manifest, listed with reasons.",
+    ),
+    Stage(
+        name="group_fit",
+        kernels=(flame1, ols),
+        version="1",
+        inputs=("work:group_stack",),
+        outputs=("work:group_blocks",),
+        granularity="group",
+        chunk_axis="space",
+        params=("boldcloud.group_level.estimator",),
+        description="FLAME1 (REML between-subject variance) or OLS per spatial block: effect, "
+        "variance, t, z, dof, between-subject variance, mask; plus the OLS t for permutations.",
+    ),
+    Stage(
+        name="group_permutation",
+        kernels=(make_permutations, permutation_batch),
+        version="1",
+        inputs=("work:group_stack",),
+        outputs=("work:permutation_maxima",),
+        granularity="group",
+        chunk_axis="none",
+        params=(
+            "boldcloud.inference.method",
+            "boldcloud.inference.n_permutations",
+            "boldcloud.inference.batch_size",
+            "boldcloud.inference.seed",
+            "boldcloud.inference.cluster_forming_z",
+            "boldcloud.inference.two_sided",
+            "boldcloud.inference.statistic",
+        ),
+        description="A batch of sign flips per task on the whole-brain in-mask data; only the "
+        "per-permutation maxima (t, cluster extent and mass, TFCE) are written back.",
+    ),
+    Stage(
+        name="group_inference",
+        kernels=(combine_batches, fwe_p, cluster_table, estimate_smoothness, grf_cluster_p),
+        version="1",
+        inputs=("work:group_blocks", "work:permutation_maxima"),
+        outputs=("group:statmap", "group:clusters", "group:figures"),
+        granularity="group",
+        chunk_axis="none",
+        params=(
+            "boldcloud.inference.method",
+            "boldcloud.inference.statistic",
+            "boldcloud.inference.cluster_forming_z",
+            "boldcloud.inference.cluster_p",
+            "boldcloud.inference.two_sided",
+            "boldcloud.group_level.estimator",
+        ),
+        description="Whole-brain group maps, FWE-corrected cluster tables (permutation or GRF), "
+        "thresholded and cluster-index maps (NIfTI), z-map thumbnails, under group/.",
+    ),
+    Stage(
+        name="group_roi",
+        kernels=(sphere_mask, roi_psc, roi_correlations, paired_tests, correlation_matrix),
+        version="1",
+        inputs=("group:clusters", "work:template_maps", "derivatives:design", "source:phenotype"),
+        outputs=("group:roi", "group:clinical"),
+        granularity="group",
+        chunk_axis="none",
+        params=(
+            "boldcloud.roi.maps",
+            "boldcloud.roi.sphere_diameter_mm",
+            "boldcloud.roi.measure",
+            "boldcloud.roi.clinical_changes",
+            "boldcloud.roi.correlation",
+            "boldcloud.roi.alpha",
+            "boldcloud.roi.robust_leave_one_out",
+            "boldcloud.clinical.phenotype_tables",
+            "boldcloud.clinical.measures",
+            "boldcloud.clinical.paired_sessions",
+        ),
+        description="ROI spheres on significant cluster peaks (or study coordinates), featquery "
+        "percent signal change per subject/session, post - pre, correlations with clinical "
+        "change scores (+ outlier-robust repeat), paired t-tests and correlations of measures.",
+    ),
+    Stage(
+        name="group_report",
+        kernels=(),
+        version="1",
+        inputs=("group:statmap", "group:clusters", "group:roi", "group:clinical"),
+        outputs=("group:report",),
+        granularity="group",
+        chunk_axis="none",
+        description="Self-contained HTML report: cohort and exclusions, group maps, cluster "
+        "tables, ROI and clinical tables, a methods paragraph from the parameters that ran.",
     ),
 )
 

@@ -10,6 +10,7 @@ import yaml
 from conftest import REPO, STUDYFORREST, requires_shared
 from rich.console import Console
 
+from infra.arrays import array_attrs, read_array
 from infra.bids import discover
 from infra.clusters import make_executor
 from infra.derivatives import read_nifti
@@ -90,3 +91,26 @@ def test_outputs_are_named_and_described(localizer):
         f"{RUN}_contrast-{c}_stat-z_statmap.png"
         for c in ("allVsBaseline", "faceVsScramble", "houseVsScramble", "anyCategory")
     )
+
+
+def test_epi_only_normalisation_puts_the_visual_peak_in_mni_occipital_cortex(localizer):
+    """No T1w in this dataset: the mean EPI is registered straight to MNI152NLin2009aSym (affine
+    + SyN), flagged in the record; the all-categories > baseline peak (effect / sqrt(variance))
+    lands in occipital cortex (y < -70 mm). The QC overlay is saved beside the z-map figures."""
+    store, _, figures = localizer
+    record = Manifest(store).get("normalise", "sub-01")
+    assert record.state == "done", record.error
+    assert record.outputs["source"] == "bold" and "no T1w" in record.outputs["fallback"]
+    assert any("straight to the template" in w for w in record.warnings)
+    session = record.outputs["sessions"]["sub-01_task-oneback"]
+    effect = read_array(store, session["maps"]["allVsBaseline:effect"])
+    variance = read_array(store, session["maps"]["allVsBaseline:variance"])
+    mask = read_array(store, session["mask"]) > 0
+    affine = np.asarray(array_attrs(store, session["mask"])["affine"])
+    z_like = np.where(mask & (variance > 0), effect / np.sqrt(np.maximum(variance, 1e-12)), 0)
+    zyx = np.unravel_index(np.argmax(z_like), z_like.shape)
+    peak = affine @ np.r_[np.array(zyx)[::-1], 1.0]
+    assert z_like[zyx] > 8 and peak[1] < -70, (peak, z_like[zyx])
+    for key in record.outputs["figures"].values():
+        (figures / key.rsplit("/", 1)[-1]).write_bytes(store.read_bytes(key))
+    assert list(figures.glob("*_reg.png"))

@@ -9,7 +9,10 @@ from infra.stages.firstlevel import (
     plan_glm_autocorr,
     plan_glm_autocorr_smooth,
 )
+from infra.stages.group import plan_group_fit, plan_group_permutation, plan_group_stack
+from infra.stages.group_inference import plan_group_inference
 from infra.stages.ingest import plan_ingest
+from infra.stages.normalise import plan_normalise
 from infra.stages.preprocess import (
     plan_filter,
     plan_motion,
@@ -17,6 +20,7 @@ from infra.stages.preprocess import (
     plan_motion_reference,
     plan_preprocess,
 )
+from infra.stages.report import plan_group_report, plan_group_roi
 from infra.stages.statmaps import plan_fixed_effects, plan_glm_maps
 
 ADAPTERS: dict[str, Planner] = {
@@ -32,6 +36,13 @@ ADAPTERS: dict[str, Planner] = {
     "glm": plan_glm,
     "glm_maps": plan_glm_maps,
     "fixed_effects": plan_fixed_effects,
+    "normalise": plan_normalise,
+    "group_stack": plan_group_stack,
+    "group_fit": plan_group_fit,
+    "group_permutation": plan_group_permutation,
+    "group_inference": plan_group_inference,
+    "group_roi": plan_group_roi,
+    "group_report": plan_group_report,
 }
 
 __all__ = ["ADAPTERS"]

@@ -137,7 +137,7 @@ def _z_figures(store: Store, mean_key: str, maps: dict, entities: dict) -> dict[
 
 
 # ---------------------------------------------------------------- fixed_effects (per session)
-def _session_groups(ctx: PlanContext) -> dict[str, list[str]]:
+def session_groups(ctx: PlanContext) -> dict[str, list[str]]:
     """Selected runs grouped by subject, session and task: ``sub-01_ses-pre_task-cuff``."""
     groups: dict[str, list[str]] = {}
     for run in ctx.run_keys():
@@ -152,7 +152,7 @@ def plan_fixed_effects(ctx: PlanContext) -> StagePlan:
     design = ctx.load("design")
     model, _ = run_model(ctx)
     units = []
-    for session, runs in _session_groups(ctx).items():
+    for session, runs in session_groups(ctx).items():
         usable = [r for r in runs if r in maps]
         excluded = [r for r in runs if r in design and design[r].state == "excluded"]
         if len(usable) + len(excluded) != len(runs):

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 ENTITY_ORDER: tuple[str, ...] = (
     "sub", "ses", "sample", "task", "tracksys", "acq", "nuc", "voi", "ce", "trc", "stain",
     "rec", "dir", "run", "mod", "echo", "flip", "inv", "mt", "part", "proc", "hemi", "space",
-    "split", "recording", "chunk", "seg", "res", "den", "label", "desc",
+    "split", "recording", "chunk", "seg", "res", "den", "label", "from", "to", "mode", "desc",
     "contrast", "stat",  # statistical derivatives (BIDS Stats Models outputs)
 )  # fmt: skip
 _KNOWN = frozenset(ENTITY_ORDER)
