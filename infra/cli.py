@@ -7,17 +7,24 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
-from infra.storage import Store
+from infra.storage import StorageUnreachable, Store
 
 console = Console(soft_wrap=True)
 
 
-def _executor(args):
+def _executor(args, study=None):
     from infra.clusters import make_executor
 
-    return make_executor(args.cluster, workers=args.workers, retries=1)
+    return make_executor(args.cluster, workers=args.workers, retries=1, study=study)
+
+
+CLUSTER_HELP = (
+    "where tasks run: a cluster profile (local = Dask LocalCluster sized to this machine, "
+    "inprocess = no Dask, slurm, pbs, sge, gateway, kubernetes, or a profile of your own in "
+    "~/.config/boldcloud/clusters.yaml) or a scheduler address tcp://HOST:PORT. Default: the "
+    "study's execution.cluster, then the user config's default, then local"
+)
 
 
 def _add_execution(parser: argparse.ArgumentParser) -> None:
@@ -25,13 +32,14 @@ def _add_execution(parser: argparse.ArgumentParser) -> None:
         "--workers",
         type=int,
         default=None,
-        help="worker processes of the local Dask cluster (default: one per core)",
+        help="worker processes of the local Dask cluster (default: one per core); for "
+        "slurm/pbs/sge/gateway/kubernetes the most jobs or workers",
     )
     parser.add_argument(
         "--cluster",
-        default="local",
-        help="'local' (Dask LocalCluster, default), 'inprocess' (no Dask), or a "
-        "scheduler address tcp://HOST:PORT",
+        default=None,
+        metavar="PROFILE",
+        help=CLUSTER_HELP,
     )
     parser.add_argument(
         "--retries",
@@ -91,7 +99,11 @@ def cmd_run(args) -> int:
     if not study.store_url:
         console.print("[red]error[/] no store: add 'store:' to the study file or pass --store.")
         return 2
-    executor = _executor(args)
+    if args.dry_run:
+        from infra.dryrun import dry_run_study
+
+        return dry_run_study(study, console)
+    executor = _executor(args, study)
     try:
         return run_study(study, executor, console, args.retries)
     finally:
@@ -99,23 +111,44 @@ def cmd_run(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from infra.manifest import STATES, Manifest, summarise
+    from infra.dashboard.terminal import print_status
 
-    store = Store(args.store)
-    records = Manifest(store).records()
-    if not records:
-        console.print(f"No tasks recorded in {store.url} yet.")
-        return 0
-    summary = summarise(records)
-    table = Table(title=f"{store.url}: {len(records)} tasks")
-    table.add_column("stage")
-    for state in STATES:
-        table.add_column(state, justify="right")
-    for stage, counts in summary["stages"].items():
-        table.add_row(stage, *(str(counts.get(s, 0)) for s in STATES))
-    console.print(table)
-    for failure in summary["failed"]:
-        console.print(f"[red]failed[/] {failure['task']}: {failure['error']}", highlight=False)
+    return print_status(Store(args.store), console)
+
+
+def cmd_dashboard(args) -> int:
+    from infra.dashboard.app import serve
+    from infra.dashboard.security import TOKEN_ENV, is_loopback, resolve_token
+
+    store_url = args.store
+    if not store_url and args.study:
+        from infra.study import load_study
+
+        store_url = load_study(args.study).store_url
+    if not store_url:
+        console.print("[red]error[/] no store: pass --store URL (or a study file with 'store:').")
+        return 2
+    try:
+        token, generated = resolve_token(args.host, args.token)
+    except ValueError as err:
+        console.print(f"[red]error[/] {err}")
+        return 2
+    if generated:
+        console.print(
+            f"Serving on {args.host}, not a loopback address: every request needs the token "
+            f"printed below (set {TOKEN_ENV} or --token to choose it)."
+        )
+    elif not is_loopback(args.host):
+        console.print(f"Serving on {args.host}: requests need the configured token.")
+    serve(
+        store_url,
+        host=args.host,
+        port=args.port,
+        token=token,
+        refresh_s=args.refresh,
+        dask_dashboard=args.dask_dashboard,
+        announce=lambda line: console.print(line, highlight=False, soft_wrap=True),
+    )
     return 0
 
 
@@ -141,7 +174,13 @@ def cmd_export(args) -> int:
 def cmd_demo(args) -> int:
     from infra.demo import run_demo
 
-    return run_demo(Path(args.out), subjects=args.subjects, workers=args.workers, console=console)
+    return run_demo(
+        Path(args.out),
+        subjects=args.subjects,
+        workers=args.workers,
+        console=console,
+        cluster=args.cluster,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -166,12 +205,33 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a study's stages (resumable, incremental)")
     p.add_argument("study")
     p.add_argument("--store", help="override the study's store URL")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="plan every stage and print task counts; run and write nothing",
+    )
     _add_execution(p)
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("status", help="task counts per stage and failures from the manifest")
+    p = sub.add_parser(
+        "status", help="overview of a store's manifest: stages x states, progress, failures"
+    )
     p.add_argument("--store", required=True)
     p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("dashboard", help="serve a live web dashboard of a store's manifest")
+    p.add_argument("study", nargs="?", help="study file (its store is used when no --store)")
+    p.add_argument("--store", help="store URL: local path or s3://bucket/prefix")
+    p.add_argument("--host", default="127.0.0.1", help="interface (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8050, help="port (default 8050)")
+    p.add_argument(
+        "--token",
+        help="access token (default: $BOLDCLOUD_DASHBOARD_TOKEN; generated when --host is not "
+        "a loopback address)",
+    )
+    p.add_argument("--refresh", type=float, default=2.0, help="seconds between page updates")
+    p.add_argument("--dask-dashboard", help="link to the Dask dashboard of the running cluster")
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("simulate", help="write a simulated reference-study BIDS dataset")
     p.add_argument("out")
@@ -191,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="demo-output")
     p.add_argument("--subjects", type=int, default=4)
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--cluster", default="local", metavar="PROFILE", help=CLUSTER_HELP)
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -200,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except StorageUnreachable as err:
+        console.print(f"[red]error[/] {err}", highlight=False)
+        return 3
     except KeyboardInterrupt:
         console.print("Interrupted. Finished tasks are recorded; run the same command to resume.")
         return 130

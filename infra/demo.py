@@ -25,9 +25,14 @@ def write_demo_study(out: Path) -> Path:
 
 
 def run_demo(
-    out: Path, subjects: int = 4, workers: int | None = None, console: Console | None = None
+    out: Path,
+    subjects: int = 4,
+    workers: int | None = None,
+    console: Console | None = None,
+    cluster: str = "local",
 ) -> int:
-    """Simulate (once) and run; prints where the results are. Returns the exit code."""
+    """Simulate (once) and run on ``cluster`` (a profile, see infra.clusters); prints where the
+    results are. Returns the exit code."""
     from processing.simulate import simulate_study
 
     console = console or Console()
@@ -41,7 +46,7 @@ def run_demo(
         for issue in study.issues:
             console.print(f"[red]error[/] {issue}")
         return 2
-    executor = make_executor("local", workers=workers)
+    executor = make_executor(cluster, workers=workers)
     console.print(f"Running on {executor.description}")
     try:
         code = run_study(study, executor, console)

@@ -33,6 +33,7 @@ class PlanContext:
     force: bool = False
     records: dict[str, dict[str, TaskRecord]] = field(default_factory=dict)
     memo: dict[Any, Any] = field(default_factory=dict)  # per-plan cache (e.g. a run's blocks)
+    _done: dict[str, dict[str, TaskRecord]] = field(default_factory=dict, repr=False)
 
     def load(self, stage: str) -> dict[str, TaskRecord]:
         """Records of ``stage`` by unit (read once, then cached)."""
@@ -42,8 +43,11 @@ class PlanContext:
         return self.records[stage]
 
     def done(self, stage: str) -> dict[str, TaskRecord]:
-        """Records of ``stage`` in state ``done``, by unit."""
-        return {u: r for u, r in self.load(stage).items() if r.state == "done"}
+        """Records of ``stage`` in state ``done``, by unit (cached until :meth:`update`, so
+        planners may call it per run; do not modify the returned mapping)."""
+        if stage not in self._done:
+            self._done[stage] = {u: r for u, r in self.load(stage).items() if r.state == "done"}
+        return self._done[stage]
 
     def run_keys(self) -> list[str]:
         """Keys of the dataset's selected runs."""
@@ -53,6 +57,7 @@ class PlanContext:
         """Fold freshly finished records into the cache."""
         for rec in records:
             self.records.setdefault(rec.stage, {})[rec.unit] = rec
+            self._done.pop(rec.stage, None)
 
     def param(self, dotted: str) -> Any:
         """A study parameter (schema default when absent)."""

@@ -1,21 +1,36 @@
 """Where data lives: one URL (local path or ``s3://bucket/prefix``) behind an fsspec filesystem.
 
 Every write of a small object (JSON record, TSV) is atomic: locally a temporary file renamed into
-place, on S3 a single PUT (S3 has no partial objects). Credentials come from the usual AWS chain;
-a custom endpoint (an S3-compatible server) from ``BOLDCLOUD_S3_ENDPOINT_URL`` or
-``AWS_ENDPOINT_URL``.
+place, on S3 a single PUT (S3 has no partial objects). Credentials come only from the standard AWS
+chain (environment, profile, instance/IRSA role): boldcloud never reads, copies or writes them.
+Settings (environment): ``BOLDCLOUD_S3_ENDPOINT_URL`` or ``AWS_ENDPOINT_URL`` (an S3-compatible
+server), ``AWS_REGION``, ``BOLDCLOUD_S3_ADDRESSING_STYLE`` (``path``, the default with a custom
+endpoint, ``virtual`` or ``auto``). Transient errors (throttling, 5xx, timeouts, refused
+connections) are retried by botocore with exponential backoff: ``BOLDCLOUD_S3_RETRY_MODE``
+(``standard``, or ``adaptive`` for client-side rate limiting; default ``AWS_RETRY_MODE``, then
+``standard``), ``BOLDCLOUD_S3_MAX_ATTEMPTS`` (default ``AWS_MAX_ATTEMPTS``, then 10),
+``BOLDCLOUD_S3_CONNECT_TIMEOUT`` (s, default 10). When they run out, :class:`StorageUnreachable`
+names the endpoint.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import posixpath
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class StorageUnreachable(OSError):
+    """The store's endpoint could not be reached, even after retries with backoff."""
 
 
 def is_remote(url: str) -> bool:
@@ -23,20 +38,75 @@ def is_remote(url: str) -> bool:
     return "://" in url and not url.startswith("file://")
 
 
+def s3_endpoint() -> str | None:
+    """The custom S3 endpoint from the environment (None: AWS itself)."""
+    return os.environ.get("BOLDCLOUD_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+def s3_retry_config() -> dict[str, Any]:
+    """botocore ``Config`` settings: retry mode, attempts (backoff) and timeouts."""
+    env = os.environ.get
+    mode = env("BOLDCLOUD_S3_RETRY_MODE") or env("AWS_RETRY_MODE") or "standard"
+    attempts = int(env("BOLDCLOUD_S3_MAX_ATTEMPTS") or env("AWS_MAX_ATTEMPTS") or 10)
+    return {
+        "retries": {"mode": mode, "max_attempts": attempts},
+        "connect_timeout": float(env("BOLDCLOUD_S3_CONNECT_TIMEOUT") or 10),
+        "read_timeout": 60,
+    }
+
+
 def s3_storage_options() -> dict[str, Any]:
-    """fsspec options for S3 from the environment (endpoint, region, path-style addressing)."""
-    endpoint = os.environ.get("BOLDCLOUD_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
-    options: dict[str, Any] = {}
+    """fsspec options for S3 from the environment (endpoint, region, addressing, retries).
+
+    Never contains credentials: botocore finds them itself through the standard AWS chain.
+    """
+    endpoint = s3_endpoint()
+    config: dict[str, Any] = s3_retry_config()
     client_kwargs: dict[str, Any] = {}
+    style = os.environ.get("BOLDCLOUD_S3_ADDRESSING_STYLE") or ("path" if endpoint else None)
+    if style:
+        config["s3"] = {"addressing_style": style}
     if endpoint:
         client_kwargs["endpoint_url"] = endpoint
-        options["config_kwargs"] = {"s3": {"addressing_style": "path"}}
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
     if region or endpoint:
         client_kwargs["region_name"] = region or "us-east-1"
+    options: dict[str, Any] = {"config_kwargs": config}
     if client_kwargs:
         options["client_kwargs"] = client_kwargs
     return options
+
+
+def _unreachable(url: str, err: BaseException) -> StorageUnreachable:
+    endpoint = s3_endpoint() or "the AWS S3 endpoint"
+    attempts = s3_retry_config()["retries"]["max_attempts"]
+    return StorageUnreachable(
+        f"cannot reach S3 endpoint {endpoint} for {url} after {attempts} attempts with "
+        f"backoff ({type(err).__name__}: {err}). Check the endpoint and network, then run the "
+        "same command again: finished tasks are recorded and will not be redone."
+    )
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError
+
+    return (BotoConnectionError, HTTPClientError)
+
+
+def _reports_unreachable(method: F) -> F:
+    """Turn a connection failure on an S3 store into :class:`StorageUnreachable`."""
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+        if not self.url.startswith("s3://"):
+            return method(self, *args, **kwargs)
+        try:
+            return method(self, *args, **kwargs)
+        except _connection_errors() as err:
+            raise _unreachable(self.url, err) from err
+
+    return wrapper  # type: ignore[return-value]
 
 
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -77,14 +147,17 @@ class Store:
         path = self.path(key)
         return f"s3://{path}" if self.url.startswith("s3://") else path
 
+    @_reports_unreachable
     def exists(self, key: str) -> bool:
         """Whether an object or folder exists at ``key``."""
         return self.fs.exists(self.path(key))
 
+    @_reports_unreachable
     def read_bytes(self, key: str) -> bytes:
         """The bytes at ``key``."""
         return self.fs.cat_file(self.path(key))
 
+    @_reports_unreachable
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write ``data`` at ``key`` atomically (readers see the old or the new object)."""
         path = self.path(key)
@@ -110,6 +183,7 @@ class Store:
         """Write ``obj`` as JSON at ``key`` atomically."""
         self.write_bytes(key, json.dumps(obj, indent=1, sort_keys=True, default=str).encode())
 
+    @_reports_unreachable
     def list(self, prefix: str, suffix: str = "") -> list[str]:
         """Keys (relative to the root) of all files under ``prefix`` ending with ``suffix``."""
         base = self.path(prefix)
@@ -119,6 +193,7 @@ class Store:
         start = len(self.root) + 1
         return sorted(p[start:] for p in found if p.endswith(suffix))
 
+    @_reports_unreachable
     def remove(self, key: str) -> None:
         """Delete ``key`` (file or folder) if present."""
         path = self.path(key)

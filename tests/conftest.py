@@ -9,12 +9,15 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from gateway_fixture import gateway_server  # noqa: F401  (session fixture)
+from slurm_fixture import slurm  # noqa: F401  (session fixture)
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -102,7 +105,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-S3_KEY, S3_SECRET = "boldcloud-test", "boldcloud-test-secret"
+# A fresh secret per session, so tests can grep written files for it (tests/test_clusters_e2e.py)
+S3_KEY, S3_SECRET = "boldcloud-test", f"boldcloud-test-secret-{uuid.uuid4().hex}"
 
 
 @pytest.fixture(scope="session")

@@ -26,8 +26,10 @@ from infra.storage import Store, filesystem
 from infra.tasks import TaskSpec
 from processing.normalise.normalise import (
     Normalisation,
+    identity_transform,
     normalise_epi,
     normalise_t1,
+    on_template_grid,
     register_epi_to_t1,
 )
 from processing.normalise.qc import lr_flip_check, save_registration_overlay_png
@@ -80,18 +82,64 @@ def run_normalise(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
     template = load_template(TEMPLATE_RESOLUTION_MM)
     sessions = dict(sorted(p["sessions"].items()))
     means = {s: read_nifti(store, out["mean"]) for s, out in sessions.items()}
-    first_mean, first_affine = next(iter(means.values()))
-    t1, fallback = _load_t1w(p["t1w"])
-    anat = None
+    on_grid = {s for s, (mean, aff) in means.items() if on_template_grid(aff, mean.shape, template)}
+    outputs: dict[str, Any] = {"space": template.space, "sessions": {}, "figures": {}}
+    entities = {"sub": spec.unit.removeprefix("sub-")}
+    reasons: list[str] = []
+    anat, t1 = None, None
+    if len(on_grid) < len(sessions):
+        anat, t1 = _register_anatomy(store, p["t1w"], means, template, entities, outputs, record)
+        reasons += outputs.pop("reasons")
+    outputs.setdefault("source", "template-space input")
+    for session, out in sessions.items():
+        mean, affine = means[session]
+        ses_entities = _session_entities(session)
+        if session in on_grid:
+            to_template = identity_transform(template)
+            record.warnings.append(f"{session}: already on the {template.space} grid, copied")
+        elif anat is not None:
+            rigid = register_epi_to_t1(mean, affine, *t1, anat.brain_mask)
+            to_template = anat.transform.compose_native(rigid.moving_to_fixed)
+        else:
+            direct = normalise_epi(mean, affine, template=template)
+            to_template = direct.transform
+            reasons += [f"{session}: {r}" for r in direct.qc.reasons]
+            outputs["figures"][session] = _overlay(store, ses_entities, "bold", template, direct)
+            outputs[f"transforms_{session}"] = _save_transform(
+                store, ses_entities, "bold", direct.transform
+            )
+            outputs[f"qc_{session}"] = direct.qc.as_dict()
+        outputs["sessions"][session] = _warp_session(
+            store, p["out"], session, out, affine, to_template, template, ses_entities
+        )
+    outputs["failed"] = bool(reasons)
+    if reasons:
+        record.reason = "registration failed QC: " + "; ".join(reasons)
+        record.warnings.append(record.reason + " (maps written for inspection, not used)")
+    return outputs
+
+
+def _register_anatomy(
+    store: Store,
+    t1w_url: str | None,
+    means: dict[str, tuple[np.ndarray, np.ndarray]],
+    template: Template,
+    entities: dict[str, str],
+    outputs: dict[str, Any],
+    record: TaskRecord,
+) -> tuple[Normalisation | None, tuple[np.ndarray, np.ndarray] | None]:
+    """T1w -> template with QC (flip check against the first session's mean EPI), or ``None``
+    with a warning when the subject has no usable T1w. Adds QC, transforms, figure, ``source``,
+    ``fallback`` and ``reasons`` (why the registration failed QC) to ``outputs``."""
+    t1, fallback = _load_t1w(t1w_url)
+    anat, reasons = None, []
     if t1 is not None:
         try:
             anat = normalise_t1(*t1, template=template)
         except ValueError as err:
             fallback = f"T1w unusable ({err})"
-    outputs: dict[str, Any] = {"space": template.space, "sessions": {}, "figures": {}}
-    entities = {"sub": spec.unit.removeprefix("sub-")}
-    reasons: list[str] = []
     if anat is not None:
+        first_mean, first_affine = next(iter(means.values()))
         flip = lr_flip_check(first_mean, first_affine, *t1, anat.brain_mask, margin=FLIP_MARGIN)
         outputs["lr_flip"] = {"flipped": flip.flipped, "nmi": flip.nmi_as_is,
                               "nmi_mirrored": flip.nmi_mirrored}  # fmt: skip
@@ -104,32 +152,9 @@ def run_normalise(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
     else:
         record.warnings.append(f"{fallback}: registering the mean EPI straight to the template")
     outputs["source"] = "T1w" if anat is not None else "bold"
-    outputs["fallback"] = fallback if anat is None else None
-    for session, out in sessions.items():
-        mean, affine = means[session]
-        ses_entities = _session_entities(session)
-        if anat is not None:
-            rigid = register_epi_to_t1(mean, affine, *t1, anat.brain_mask)
-            to_template = anat.transform.compose_native(rigid.moving_to_fixed)
-            epi_qc = None
-        else:
-            direct = normalise_epi(mean, affine, template=template)
-            to_template, epi_qc = direct.transform, direct.qc
-            reasons += [f"{session}: {r}" for r in direct.qc.reasons]
-            outputs["figures"][session] = _overlay(store, ses_entities, "bold", template, direct)
-            outputs["transforms_" + session] = _save_transform(
-                store, ses_entities, "bold", direct.transform
-            )
-        outputs["sessions"][session] = _warp_session(
-            store, p["out"], session, out, affine, to_template, template, ses_entities
-        )
-        if epi_qc is not None:
-            outputs["sessions"][session]["qc"] = epi_qc.as_dict()
-    outputs["failed"] = bool(reasons)
-    if reasons:
-        record.reason = "registration failed QC: " + "; ".join(reasons)
-        record.warnings.append(record.reason + " (maps written for inspection, not used)")
-    return outputs
+    outputs["fallback"] = None if anat is not None else fallback
+    outputs["reasons"] = list(reasons)
+    return anat, (t1 if anat is not None else None)
 
 
 def _load_t1w(url: str | None) -> tuple[tuple[np.ndarray, np.ndarray] | None, str | None]:

@@ -139,16 +139,33 @@ def run_motion_estimate(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- motion (per run)
-def _run_chunks(ctx: PlanContext, stage_name: str, run: str) -> list[TaskRecord]:
+def _chunk_index(ctx: PlanContext, stage_name: str) -> dict[str, list[TaskRecord]]:
+    """Records of a chunked stage grouped by run, each run's in time order (one pass, so
+    planning stays linear in the number of runs)."""
+    by_run: dict[str, list[TaskRecord]] = {}
+    for unit, rec in sorted(ctx.load(stage_name).items()):
+        by_run.setdefault(_run_of(unit), []).append(rec)
+    return by_run
+
+
+def _run_chunks(
+    ctx: PlanContext, stage_name: str, run: str, index: dict | None = None
+) -> list[TaskRecord]:
     """Records of a chunked stage for one run, in time order."""
-    records = (r for u, r in ctx.load(stage_name).items() if _run_of(u) == run)
-    return sorted(records, key=lambda r: r.unit)
+    index = _chunk_index(ctx, stage_name) if index is None else index
+    return list(index.get(run, []))
 
 
-def _chunk_records(ctx: PlanContext, stage_name: str, run: str) -> list[TaskRecord] | None:
+def _chunk_records(
+    ctx: PlanContext,
+    stage_name: str,
+    run: str,
+    index: dict | None = None,
+    refs: dict | None = None,
+) -> list[TaskRecord] | None:
     """The run's chunk records when every expected chunk is done, else None."""
-    records = _run_chunks(ctx, stage_name, run)
-    refs = ctx.done("motion_reference")
+    records = _run_chunks(ctx, stage_name, run, index)
+    refs = ctx.done("motion_reference") if refs is None else refs
     expected = len(_chunks(refs[run].outputs["n_volumes"])) if run in refs else -1
     complete = len(records) == expected and all(r.state == "done" for r in records)
     return records if complete else None
@@ -156,10 +173,11 @@ def _chunk_records(ctx: PlanContext, stage_name: str, run: str) -> list[TaskReco
 
 def plan_motion(ctx: PlanContext) -> StagePlan:
     """One summary task per run whose chunks are all estimated."""
-    ingested = ctx.done("ingest")
+    ingested, refs = ctx.done("ingest"), ctx.done("motion_reference")
+    index = _chunk_index(ctx, "motion_estimate")
     units = []
     for run in ctx.run_keys():
-        chunks = _chunk_records(ctx, "motion_estimate", run)
+        chunks = _chunk_records(ctx, "motion_estimate", run, index, refs)
         if chunks is None or run not in ingested:
             continue
         upstream = {"motion_estimate": content_key(keys=[c.key for c in chunks])}
@@ -290,15 +308,16 @@ MOTION_COLUMNS = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
 def plan_filter(ctx: PlanContext) -> StagePlan:
     """Per run: grand-mean scaling, FSL high-pass, rechunk to spatial blocks, QC."""
     refs, ingested = ctx.done("motion_reference"), ctx.done("ingest")
+    index = _chunk_index(ctx, "preprocess")
     units = []
     for run in ctx.run_keys():
-        chunks = _run_chunks(ctx, "preprocess", run)
+        chunks = _run_chunks(ctx, "preprocess", run, index)
         if chunks and all(r.state == "excluded" for r in chunks):
             units.append(
                 Unit(run, chunks[0].subject, chunks[0].session, {}, {}, excluded=chunks[0].reason)
             )
             continue
-        chunks = _chunk_records(ctx, "preprocess", run)
+        chunks = _chunk_records(ctx, "preprocess", run, index, refs)
         if chunks is None or run not in ingested:
             continue
         payload = {
