@@ -153,7 +153,17 @@ def run_study(study: Study, executor, console: Console, retries: int = 2) -> int
     store = Store(study.store_url)
     store.write_bytes("study.yaml", Path(study.path).read_bytes())
     ctx = PlanContext(study, dataset, store, retries=retries)
+    _record_cluster(store, executor)
     reports = run_pipeline(ctx, executor, console)
     code = print_summary(reports, store, console)
     console.print(f"Results are in {store.full_url('')} (manifest: {store.full_url('manifest')})")
     return code
+
+
+def _record_cluster(store: Store, executor) -> None:
+    """Tell the dashboard's cluster page where this run's Dask dashboard is."""
+    from infra.dashboard.pages import record_cluster
+
+    client = getattr(executor, "client", None)
+    link = getattr(client, "dashboard_link", None) if client is not None else None
+    record_cluster(store, link, getattr(executor, "description", type(executor).__name__))

@@ -204,10 +204,17 @@ def test_cli_help_names_the_profiles():
     assert "--cluster PROFILE" in text and "slurm" in text and "clusters.yaml" in text
 
 
-def test_local_executor_runs_tasks():
+def test_local_executor_runs_tasks(tmp_path):
+    from infra.runner import _record_cluster
+    from infra.storage import Store
+
     executor = make_executor("local", workers=1)
     try:
         assert isinstance(executor, DaskExecutor)
         assert [r for _, r in executor.map_unordered(abs, [-3], ["k"])] == [3]
+        store = Store(str(tmp_path))  # the runner tells the dashboard where Dask's is
+        _record_cluster(store, executor)
+        link = store.read_json("manifest/cluster.json")["dashboard_link"]
+        assert link == executor.client.dashboard_link and link.startswith("http://127.0.0.1:")
     finally:
         executor.close()

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from rich.console import Console
 
-from infra.arrays import read_tsv
+from infra.arrays import read_array, read_tsv
 from infra.bids import discover
 from infra.clusters import make_executor
 from infra.demo import write_demo_study
@@ -27,6 +27,8 @@ MOTION = ["trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z"]
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("study")
     simulate_study(out / "bids", subjects=2, seed=0, size="small")
+    t1w = out / "bids/sub-02/ses-pre/anat/sub-02_ses-pre_T1w.nii.gz"  # corrupt: EPI -> MNI fallback
+    t1w.write_bytes(t1w.read_bytes()[:5000])
     study = load_study(str(write_demo_study(out)))
     assert study.issues == []
     ctx = PlanContext(study, discover(study.dataset_url, study.tasks), Store(study.store_url))
@@ -54,6 +56,13 @@ def test_every_stage_ran_without_failures(finished):
         "glm",
         "glm_maps",
         "fixed_effects",
+        "normalise",
+        "group_stack",
+        "group_fit",
+        "group_permutation",
+        "group_inference",
+        "group_roi",
+        "group_report",
     ]
     assert all(not r.failed for r in reports), [r.error for rep in reports for r in rep.failed]
     assert len(reports[0].done) == 8
@@ -191,7 +200,7 @@ def test_sessions_combine_usable_runs_or_say_why_not(finished):
 def test_block_stages_equal_the_in_memory_reference(finished):
     """The engine's FILM in blocks (glm_autocorr -> glm_autocorr_smooth -> glm -> glm_maps)
     gives the maps of processing.firstlevel.volume.fit_run on the whole run at once."""
-    from infra.arrays import array_attrs, read_array
+    from infra.arrays import array_attrs
     from infra.stages.firstlevel import run_model
     from processing.firstlevel.volume import fit_run
     from processing.preprocess.highpass import highpass_sigma_volumes
@@ -222,3 +231,29 @@ def test_block_stages_equal_the_in_memory_reference(finished):
     for name in ("sigmasquared", "P40vsP0:effect", "P40vsP0:variance", "P40vsP0:z"):
         ours = read_array(store, maps.outputs["maps"][name])
         np.testing.assert_allclose(ours[mask], reference.get(name)[mask], rtol=1e-4, atol=1e-5)
+
+
+def test_normalise_warps_session_maps_and_falls_back_without_a_usable_t1w(finished):
+    """sub-01: T1w -> MNI (affine + SyN) and EPI -> T1w; sub-02's T1w is truncated, so its mean
+    EPI goes straight to MNI with a warning. Both give MNI 2 mm maps; variance stays >= 0."""
+    _, store, _, _ = finished
+    records = {r.unit: r for r in Manifest(store).records("normalise")}
+    assert set(records) == {"sub-01", "sub-02"}
+    good, fallback = records["sub-01"], records["sub-02"]
+    assert good.state == "done" and good.outputs["source"] == "T1w", good.reason
+    assert not good.outputs["failed"] and good.outputs["qc"]["Dice"] >= 0.9
+    assert fallback.state == "done" and fallback.outputs["source"] == "bold"
+    assert "unreadable" in fallback.outputs["fallback"]
+    assert any("straight to the template" in w for w in fallback.warnings)
+    for rec in records.values():
+        assert rec.outputs["space"] == "MNI152NLin2009aSym"
+        for session in rec.outputs["sessions"].values():
+            variance = read_array(store, session["maps"]["P40vsP0:variance"])
+            assert variance.shape == (95, 117, 99) and variance.min() >= 0
+            assert session["nifti"]["P40vsP0:effect"].endswith(
+                "_space-MNI152NLin2009aSym_res-2_contrast-P40vsP0_stat-effect_statmap.nii.gz"
+            )
+    transforms = good.outputs["transforms"]
+    assert transforms["warp"].endswith(
+        "sub-01_from-T1w_to-MNI152NLin2009aSym_mode-image_desc-warp_xfm.nii.gz"
+    )
