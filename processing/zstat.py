@@ -50,7 +50,10 @@ def log_t_sf(t: ArrayLike, dof: ArrayLike) -> NDArray[np.float64]:
     t_arr = np.asarray(t, dtype=np.float64)
     nu = _check_dof(dof, "dof")
     t_arr, nu = np.broadcast_arrays(t_arr, nu)
-    out = np.asarray(stats.t.logsf(t_arr, nu), dtype=np.float64)
+    with np.errstate(divide="ignore"):  # log(0) where the tail underflows: the series below
+        out = np.asarray(
+            np.log(special.stdtr(nu, -t_arr)), dtype=np.float64
+        )  # P(T > t) = P(T < -t)
     deep = (t_arr > 0) & ~(out > _UNDERFLOW_LOG) & np.isfinite(t_arr)
     if deep.any():
         tt, nn = t_arr[deep], nu[deep]

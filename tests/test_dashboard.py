@@ -393,7 +393,7 @@ def test_status_command_prints_the_same_overview(study_store):
     assert f"{study_store.url}: " in text and "4 subjects" in text
     ingest = next(line for line in text.splitlines() if line.strip().startswith("ingest"))
     assert ingest.split()[1:7] == ["0", "2", "5", "1", "0", "2/4"]
-    cells = 4 * len(STAGES)  # 4 subjects x every stage of the table
+    cells = 4 * sum(s.granularity != "group" for s in STAGES)  # 4 subjects x per-subject stages
     assert f"11/{cells} subject x stage cells finished ({100 * 11 / cells:.1f} %)" in text
     assert "1 with failures" in text and FAILED_ERROR in text
 

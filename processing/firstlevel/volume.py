@@ -8,7 +8,9 @@ first-level benchmark times against nilearn, and what the engine's output is tes
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,6 +69,7 @@ def fit_run(
     highpass_sigma: float | None = None,
     bias_correction: bool = True,
     autocorr_fwhm_mm: float = AUTOCORR_FWHM_MM,
+    threads: int | None = None,
 ) -> RunMaps:
     """Fit one run's GLM and compute every contrast map, in memory.
 
@@ -92,6 +95,8 @@ def fit_run(
         See :func:`processing.firstlevel.fit.fit_noise_model`.
     autocorr_fwhm_mm : float
         FWHM of FILM's spatial smoothing of the autocorrelation, in mm.
+    threads : int, optional
+        Voxel batches fitted at once (default: one per core; numpy releases the GIL).
 
     Returns
     -------
@@ -108,11 +113,8 @@ def fit_run(
     acf = None
     if noise_model == "film":
         acf = _smoothed_autocorrelation(y, x, brain, affine, autocorr_fwhm_mm)
-    names: list[str] = []
-    values: list[NDArray[np.float64]] = []
-    dof, undefined = float(x.shape[0]), {}
-    for start in range(0, y.shape[1], _VOXELS_PER_BATCH):
-        cols = slice(start, min(start + _VOXELS_PER_BATCH, y.shape[1]))
+
+    def fit_batch(cols: slice) -> tuple[list[str], NDArray[np.float64], float, dict[str, str]]:
         fit = fit_noise_model(
             noise_model,
             y[:, cols].astype(np.float64),
@@ -122,8 +124,18 @@ def fit_run(
             bias_correction=bias_correction,
         )
         names, maps, undefined = contrast_maps(fit, contrasts, columns, dropped or {})
-        values.append(np.stack(maps))
-        dof = float(fit.dof)
+        return names, np.stack(maps), float(fit.dof), undefined
+
+    batches = [
+        slice(start, min(start + _VOXELS_PER_BATCH, y.shape[1]))
+        for start in range(0, y.shape[1], _VOXELS_PER_BATCH)
+    ]
+    with ThreadPoolExecutor(max(1, min(threads or os.cpu_count() or 1, len(batches)))) as pool:
+        results = list(pool.map(fit_batch, batches))
+    names: list[str] = results[0][0] if results else []
+    dof = results[0][2] if results else float(x.shape[0])
+    undefined = results[0][3] if results else {}
+    values = [r[1] for r in results]
     out = np.zeros((len(names), *brain.shape), dtype=np.float32)
     if values:
         out[:, brain] = np.concatenate(values, axis=1)
