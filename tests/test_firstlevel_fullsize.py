@@ -26,7 +26,7 @@ from infra.storage import Store
 from infra.study import load_study
 from processing.simulate import simulate_study
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # the fixture runs ~10 min
 SESSION = "sub-01_ses-pre_task-cuff"
 CASES = [("P40vsP0", 1.0), ("anticipation", 0.75)]
 
