@@ -168,12 +168,8 @@ def group_analyses(
         if level == "Subject":
             for spec in source.get("Contrasts") or ():
                 ses, w = _session_weights(source, spec)
-                missing = [s for s in ses if s not in present]
-                if missing:
-                    raise ValueError(
-                        f"node {source['Name']!r}, contrast {spec['Name']!r}: session(s) "
-                        f"{missing} are not in the dataset selection {present}"
-                    )
+                if any(s not in present for s in ses):
+                    continue  # e.g. select: sessions: [pre] - no paired map to make
                 kind = "paired" if len(ses) == 2 and sorted(w) == [-1.0, 1.0] else "combination"
                 combos.append((ses, w, str(spec["Name"]), kind))
         elif level in ("Session", "Run"):
