@@ -3,6 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo-output
+# Tests run on one pytest-xdist worker per core; each module stays on one worker (tests/conftest.py).
+PYTEST_ARGS ?= -n auto --dist loadgroup
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
 .PHONY: demo test install install-dev lint clean system-deps
