@@ -106,37 +106,24 @@ def run_in_memory(ctx, noise_model):
     return {"seconds": seconds, "peak_mb": peak, "maps": len(maps.names)}
 
 def run_boldcloud(ctx, mode):
-    import psutil
+    from rss import ChildPeakRSS
     from rich.console import Console
     from infra.clusters import make_executor
     from infra.runner import run_pipeline
     kind = "local" if mode.endswith("dask2") else "inprocess"
     executor = make_executor(kind, workers=2) if kind == "local" else make_executor(kind)
-    peaks = {}
-    stop = threading.Event()
-    def sample():
-        me = psutil.Process()
-        while not stop.is_set():
-            for child in me.children(recursive=True):
-                try:
-                    peaks[child.pid] = max(peaks.get(child.pid, 0), child.memory_info().rss)
-                except psutil.Error:
-                    pass
-            time.sleep(0.05)
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
     ctx.force = True
-    try:
-        t0 = time.perf_counter()
-        reports = run_pipeline(ctx, executor, Console(quiet=True), stages=STAGES)
-        seconds = time.perf_counter() - t0
-    finally:
-        stop.set()
-        executor.close()
+    with ChildPeakRSS() as rss:
+        try:
+            t0 = time.perf_counter()
+            reports = run_pipeline(ctx, executor, Console(quiet=True), stages=STAGES)
+            seconds = time.perf_counter() - t0
+        finally:
+            executor.close()
     failed = [r.error for rep in reports for r in rep.failed]
     assert not failed, failed
     if kind == "local":
-        peak = max(peaks.values()) / 2**20
+        peak = rss.peak_mib
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seconds": seconds, "peak_mb": peak}

@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from rss import ChildPeakRSS
+
 
 def measure(folder: Path) -> tuple[float, float, dict]:
     """(seconds, worker peak MiB, QC of the record) of one forced normalise stage."""
-    import psutil
     from bench_firstlevel import context
     from rich.console import Console
 
@@ -34,32 +34,17 @@ def measure(folder: Path) -> tuple[float, float, dict]:
     ctx = context(folder, "film")
     ctx.force = True
     executor = make_executor("local", workers=1)
-    peak = [0]
-    stop = threading.Event()
-
-    def sample() -> None:
-        me = psutil.Process()
-        while not stop.is_set():
-            for child in me.children(recursive=True):
-                try:
-                    peak[0] = max(peak[0], child.memory_info().rss)
-                except psutil.Error:
-                    pass
-            time.sleep(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
-        t0 = time.perf_counter()
-        reports = run_pipeline(ctx, executor, Console(quiet=True), stages=["normalise"])
-        seconds = time.perf_counter() - t0
-    finally:
-        stop.set()
-        executor.close()
+    with ChildPeakRSS() as rss:
+        try:
+            t0 = time.perf_counter()
+            reports = run_pipeline(ctx, executor, Console(quiet=True), stages=["normalise"])
+            seconds = time.perf_counter() - t0
+        finally:
+            executor.close()
     failed = [r.error for rep in reports for r in rep.failed]
     assert not failed, failed
     record = Manifest(ctx.store).get("normalise", "sub-01")
-    return seconds, peak[0] / 2**20, record.outputs.get("qc", {})
+    return seconds, rss.peak_mib, record.outputs.get("qc", {})
 
 
 def main() -> None:
