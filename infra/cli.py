@@ -8,6 +8,8 @@ from pathlib import Path
 
 from rich.console import Console
 
+from infra.jobcli import add_job_commands
+from infra.lease import LEASE_BUSY, LeaseHeld
 from infra.storage import StorageUnreachable, Store
 
 console = Console(soft_wrap=True)
@@ -87,33 +89,86 @@ def cmd_ingest(args) -> int:
     return code or (1 if dataset.problems else 0)
 
 
-def cmd_run(args) -> int:
-    from infra.runner import run_study
+def _runnable_study(args):
+    """The study of ``run``/``watch``, or None after printing why it cannot run."""
     from infra.study import load_study
 
     study = load_study(args.study, store_override=args.store)
     if study.issues:
         for issue in study.issues:
             console.print(f"[red]error[/] {issue}", highlight=False)
-        return 2
+        return None
     if not study.store_url:
         console.print("[red]error[/] no store: add 'store:' to the study file or pass --store.")
+        return None
+    return study
+
+
+def cmd_run(args) -> int:
+    from infra.lease import take_lease
+    from infra.runner import run_study
+    from infra.schedule import run_new_only
+
+    study = _runnable_study(args)
+    if study is None:
         return 2
     if args.dry_run:
         from infra.dryrun import dry_run_study
 
         return dry_run_study(study, console)
-    executor = _executor(args, study)
+    if args.new_only:
+        start = lambda: _executor(args, study)  # noqa: E731  (only started when there is work)
+        return run_new_only(study, start, console, args.retries, wait=args.wait)
+    with take_lease(Store(study.store_url), console, args.wait) as lease:
+        executor = _executor(args, study)
+        try:
+            return run_study(study, executor, console, args.retries, lease=lease)
+        finally:
+            executor.close()
+
+
+def cmd_watch(args) -> int:
+    from infra.schedule import parse_interval, watch
+
     try:
-        return run_study(study, executor, console, args.retries)
-    finally:
-        executor.close()
+        every = parse_interval(args.every)
+    except ValueError as err:
+        console.print(f"[red]error[/] {err}", highlight=False)
+        return 2
+    study = _runnable_study(args)
+    if study is None:
+        return 2
+    start = lambda: _executor(args, study)  # noqa: E731
+    return watch(study, start, console, every, args.retries, args.max_cycles)
 
 
-def cmd_status(args) -> int:
-    from infra.dashboard.terminal import print_status
+def cmd_report(args) -> int:
+    from infra.bids import discover
+    from infra.pipeline import PlanContext
+    from infra.stages.report import copy_report, write_report
+    from infra.study import load_study
 
-    return print_status(Store(args.store), console)
+    study = load_study(args.study, store_override=args.store)
+    for issue in study.issues:
+        console.print(f"[red]error[/] {issue}", highlight=False)
+    if study.issues or not study.store_url:
+        if not study.store_url:
+            console.print("[red]error[/] no store: add 'store:' to the study file or pass --store.")
+        return 2
+    dataset = discover(
+        study.dataset_url, study.tasks, study.select("subjects"), study.select("sessions")
+    )
+    store = Store(study.store_url)
+    try:
+        written = write_report(PlanContext(study, dataset, store))
+    except ValueError as err:
+        console.print(f"[red]error[/] {err}", highlight=False)
+        return 1
+    console.print(f"Report: {store.full_url(written['report'])}", highlight=False)
+    if args.out:
+        local = copy_report(store, written, Path(args.out))
+        console.print(f"Copied to {local}", highlight=False)
+    return 0
 
 
 def cmd_dashboard(args) -> int:
@@ -210,14 +265,40 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="plan every stage and print task counts; run and write nothing",
     )
+    p.add_argument(
+        "--new-only",
+        action="store_true",
+        help="only subjects/sessions new or changed in the BIDS source since the last run "
+        "(by content hash), then the group stages; for cron (see deploy/)",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="when another run holds the study's lease, wait for it instead of exiting (code 4)",
+    )
     _add_execution(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
-        "status", help="overview of a store's manifest: stages x states, progress, failures"
+        "watch", help="every interval, run the study's new or changed subjects (run --new-only)"
     )
-    p.add_argument("--store", required=True)
-    p.set_defaults(func=cmd_status)
+    p.add_argument("study")
+    p.add_argument("--store", help="override the study's store URL")
+    p.add_argument("--every", default="1h", help="interval: 30s, 15m, 1h (default 1h)")
+    p.add_argument("--max-cycles", type=int, default=None, help="stop after N cycles")
+    _add_execution(p)
+    p.set_defaults(func=cmd_watch)
+
+    add_job_commands(sub, _add_execution)  # submit, status [JOB], logs, cancel, driver
+
+    p = sub.add_parser(
+        "report",
+        help="(re)write the study's self-contained HTML report in the store from its records",
+    )
+    p.add_argument("study")
+    p.add_argument("--store", help="override the study's store URL")
+    p.add_argument("--out", help="also copy the report (and the tables it links) to this folder")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("dashboard", help="serve a live web dashboard of a store's manifest")
     p.add_argument("study", nargs="?", help="study file (its store is used when no --store)")
@@ -264,6 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     except StorageUnreachable as err:
         console.print(f"[red]error[/] {err}", highlight=False)
         return 3
+    except LeaseHeld as err:
+        console.print(f"[red]error[/] {err}", highlight=False)
+        return LEASE_BUSY
     except KeyboardInterrupt:
         console.print("Interrupted. Finished tasks are recorded; run the same command to resume.")
         return 130

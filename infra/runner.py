@@ -7,6 +7,8 @@ records, so it starts once they are final).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from infra.bids import Dataset, discover
+from infra.incremental import Changes, snapshot_sources
+from infra.lease import Lease, take_lease
 from infra.manifest import Manifest, TaskRecord
 from infra.pipeline import PlanContext
 from infra.stages import ADAPTERS
@@ -75,9 +79,14 @@ def _lost(spec: TaskSpec, err: BaseException) -> TaskRecord:
 
 
 def run_pipeline(
-    ctx: PlanContext, executor, console: Console, stages: list[str] | None = None
+    ctx: PlanContext,
+    executor,
+    console: Console,
+    stages: list[str] | None = None,
+    keep: Callable[[TaskRecord], bool] | None = None,
 ) -> list[StageReport]:
-    """Plan and run each stage of the table (or only ``stages``), in order."""
+    """Plan and run each stage of the table (or only ``stages``), in order; with ``keep``, only
+    planned tasks it accepts run (``run --new-only``: new subjects and the group stages)."""
     manifest = Manifest(ctx.store)
     reports = []
     for entry in STAGES:
@@ -86,6 +95,9 @@ def run_pipeline(
         if entry.name not in ADAPTERS:
             raise RuntimeError(f"stage {entry.name!r} has no engine adapter in infra/stages")
         plan = ADAPTERS[entry.name](ctx)
+        if keep is not None:
+            plan.todo = [s for s in plan.todo if keep(s.record)]
+            plan.excluded = [r for r in plan.excluded if keep(r)]
         for record in plan.excluded:
             manifest.put(record)
         label = f"{entry.name} ({len(plan.todo)} tasks)"
@@ -143,19 +155,39 @@ def _run_unit(unit: str) -> str:
     return unit.split("_chunk-")[0].split("_block-")[0]
 
 
-def run_study(study: Study, executor, console: Console, retries: int = 2) -> int:
-    """Run every stage of the table for ``study``; returns the exit code."""
-    dataset = discover(
-        study.dataset_url, study.tasks, study.select("subjects"), study.select("sessions")
-    )
-    for problem in dataset.problems:
-        console.print(f"[yellow]skipped[/] {problem.file}: {problem.message}", highlight=False)
+def run_study(
+    study: Study,
+    executor,
+    console: Console,
+    retries: int = 2,
+    stages: list[str] | None = None,
+    lease: Lease | None = None,
+    changes: Changes | None = None,
+) -> int:
+    """Run every stage of the table (or only ``stages``) for ``study``; returns the exit code.
+
+    Holds the study's run lease (:mod:`infra.lease`; raises ``LeaseHeld`` when another run has
+    it) unless the caller passes the ``lease`` it holds. With ``changes`` (``run --new-only``),
+    only new or changed subjects' tasks and the group stages run. Afterwards the source snapshot
+    (``manifest/sources.json``) is rewritten for the next ``--new-only``.
+    """
     store = Store(study.store_url)
-    store.write_bytes("study.yaml", Path(study.path).read_bytes())
-    ctx = PlanContext(study, dataset, store, retries=retries)
-    _record_cluster(store, executor)
-    reports = run_pipeline(ctx, executor, console)
-    code = print_summary(reports, store, console)
+    with nullcontext(lease) if lease else take_lease(store, console):
+        dataset = changes.dataset if changes else None
+        dataset = dataset or discover(
+            study.dataset_url, study.tasks, study.select("subjects"), study.select("sessions")
+        )
+        for problem in dataset.problems:
+            console.print(f"[yellow]skipped[/] {problem.file}: {problem.message}", highlight=False)
+        store.write_bytes("study.yaml", Path(study.path).read_bytes())
+        ctx = PlanContext(study, dataset, store, retries=retries)
+        _record_cluster(store, executor)
+        keep = changes.keep if changes else None
+        reports = run_pipeline(ctx, executor, console, stages, keep)
+        code = print_summary(reports, store, console)
+        if stages is None:
+            ran = [r for rep in reports for r in rep.ran]
+            snapshot_sources(store, dataset, changes, ran, console)
     console.print(f"Results are in {store.full_url('')} (manifest: {store.full_url('manifest')})")
     return code
 

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
     from infra.executors import Executor
 
-COMMON_KEYS = frozenset({"backend", "profile", "workers"})
+COMMON_KEYS = frozenset({"backend", "profile", "workers", "driver"})  # driver: infra.launchers
 
 
 class ClusterAdapter:

@@ -21,6 +21,7 @@ OWN_KEYS = frozenset(
         "backend",
         "profile",
         "workers",
+        "driver",
         "min_jobs",
         "max_jobs",
         "scheduler_host",
