@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from processing.firstlevel.between_run import align_run, resample_to_reference
 from processing.firstlevel.design import build_design
 from processing.firstlevel.design_qc import check_design
 from processing.firstlevel.film import residual_autocorrelation, smooth_autocorrelation
@@ -28,9 +29,10 @@ from processing.firstlevel.fixed_effects import fixed_effects
 from processing.firstlevel.glm import fit_ols
 from processing.group.clinical import correlation_matrix, paired_tests, roi_correlations
 from processing.group.clusters import cluster_table
-from processing.group.designs import design_from_spec, paired_differences
+from processing.group.designs import paired_differences
 from processing.group.flame import data_mask, flame1, ols
 from processing.group.grf import estimate_smoothness, grf_cluster_p
+from processing.group.model_design import model_design
 from processing.group.permutation import (
     combine_batches,
     fwe_p,
@@ -164,7 +166,8 @@ STAGES: tuple[Stage, ...] = (
         outputs=("work:autocorr_raw",),
         granularity="run",
         chunk_axis="space",
-        description="FILM only: OLS residual autocorrelation per spatial block.",
+        description="FILM, or ar1 with the bias correction: OLS residual autocorrelation per "
+        "spatial block.",
     ),
     Stage(
         name="glm_autocorr_smooth",
@@ -174,12 +177,13 @@ STAGES: tuple[Stage, ...] = (
         outputs=("work:autocorr",),
         granularity="run",
         chunk_axis="none",
-        description="FILM only: autocorrelation maps smoothed within the brain (5 mm).",
+        description="FILM, or ar1 with the bias correction: autocorrelation maps smoothed "
+        "within the brain (5 mm).",
     ),
     Stage(
         name="glm",
         kernels=(fit_noise_model, contrast_maps),
-        version="1",
+        version="2",
         inputs=("work:filtered", "derivatives:design", "work:autocorr"),
         outputs=("work:glm_blocks",),
         granularity="run",
@@ -199,14 +203,15 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         name="fixed_effects",
-        kernels=(fixed_effects,),
-        version="1",
+        kernels=(align_run, resample_to_reference, fixed_effects),
+        version="2",
         inputs=("work:run_maps",),
         outputs=("work:session_maps", "derivatives:statmap"),
         granularity="session",
         chunk_axis="none",
         params=("boldcloud.session_level.dof_cap",),
-        description="Inverse-variance fixed effects of a session's usable runs (flameo fe).",
+        description="Inverse-variance fixed effects of a session's usable runs (flameo fe), "
+        "each later run rigidly registered to the first unless already aligned.",
     ),
     Stage(
         name="normalise",
@@ -222,7 +227,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         name="group_stack",
-        kernels=(paired_differences, design_from_spec, data_mask),
+        kernels=(paired_differences, model_design, data_mask),
         version="1",
         inputs=("work:template_maps",),
         outputs=("work:group_stack",),
@@ -316,8 +321,9 @@ STAGES: tuple[Stage, ...] = (
         outputs=("group:report",),
         granularity="group",
         chunk_axis="none",
-        description="Self-contained HTML report: cohort and exclusions, group maps, cluster "
-        "tables, ROI and clinical tables, a methods paragraph from the parameters that ran.",
+        description="Self-contained HTML report: cohort and exclusions, motion QC, design "
+        "matrices, group maps as slice montages over the template, cluster tables, ROI and "
+        "clinical tables, a methods paragraph from the parameters that ran.",
     ),
 )
 

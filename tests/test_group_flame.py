@@ -5,12 +5,12 @@ import pytest
 from scipy import optimize, stats
 
 from processing.group.designs import (
-    design_from_spec,
     one_sample_design,
     paired_differences,
     two_group_design,
 )
 from processing.group.flame import flame1, flame_dof, ols
+from processing.group.model_design import model_design
 
 
 def _reml(y, s, x, groups, beta):
@@ -185,11 +185,9 @@ def test_design_errors_name_the_problem():
         one_sample_design(4, covariates={"a": [1, 1, 1, 1]})
     table = {"age": [30, 40, np.nan, 50, 60], "site": ["a", "a", "b", "b", "b"]}
     subs = ["s1", "s2", "s3", "s4", "s5"]
-    with pytest.raises(ValueError, match=r"unknown covariate 'sex'.*'age'"):
-        design_from_spec({"covariates": ["sex"]}, subs, table)
-    with pytest.raises(ValueError, match=r"missing for \['s3'\]"):
-        design_from_spec({"covariates": ["age"]}, subs, table, drop_missing=False)
-    d = design_from_spec({"covariates": ["age"], "variance_groups": "site"}, subs, table)
+    with pytest.raises(ValueError, match=r"no values for 'sex'.*'age'"):
+        model_design(["1", "sex"], ["1"], [1], subs, table)
+    d = model_design(["1", "age"], ["1"], [1], subs, table, variance_groups="site").design
     assert d.dropped == ("s3",) and d.subjects == ("s1", "s2", "s4", "s5")
     np.testing.assert_allclose(d.matrix[:, 1], [-15, -5, 5, 15])  # demeaned
     assert d.variance_groups.tolist() == [0, 0, 1, 1]
@@ -197,3 +195,61 @@ def test_design_errors_name_the_problem():
         d.contrast("nope")
     two = two_group_design(["pat", "con", "pat", "con", "pat"])
     np.testing.assert_allclose(two.contrast("pat-con"), [-1, 1])
+
+
+def _coordinate_reml(y, s, x, groups):
+    """Independent REML maximum for several variance groups: best point of a per-group log grid,
+    then cyclic bounded Brent searches over one group's variance at a time until they settle."""
+    n_groups = groups.max() + 1
+    scale = np.var(y) + s.mean()
+    grid = np.concatenate([[0.0], scale * np.logspace(-3, 1.5, 19)])
+    mesh = np.stack(np.meshgrid(*[grid] * n_groups, indexing="ij"), -1).reshape(-1, n_groups)
+    beta = max(mesh, key=lambda b: _reml(y, s, x, groups, b)).copy()
+    for _ in range(200):
+        before = beta.copy()
+        for g in range(n_groups):
+
+            def negative(b, g=g):
+                trial = beta.copy()
+                trial[g] = b
+                return -_reml(y, s, x, groups, trial)
+
+            res = optimize.minimize_scalar(
+                negative, bounds=(0.0, 50 * scale), method="bounded",
+                options={"xatol": 1e-13 * scale},
+            )  # fmt: skip
+            beta[g] = res.x if res.fun < negative(beta[g]) else beta[g]
+        if np.abs(beta - before).max() < 1e-12 * scale:
+            break
+    return beta
+
+
+def test_flame1_with_site_variance_groups_in_a_two_group_covariate_design_matches_reml():
+    """Two groups + a demeaned covariate, one between-subject variance per site: effect, t and
+    both variances equal an independent REML optimisation to 1e-4 relative."""
+    rng = np.random.default_rng(11)
+    n, v = 14, 6
+    subjects = [f"{i:02d}" for i in range(n)]
+    table = {
+        "group": ["patient", "control"] * 7,
+        "age": rng.normal(40, 10, n).tolist(),
+        "site": ["a"] * 7 + ["b"] * 7,
+    }
+    built = model_design(["group", "age"], ["group.patient", "group.control"], [1, -1],
+                         subjects, table, variance_groups="site")  # fmt: skip
+    x, g, c = built.design.matrix, built.design.variance_groups, built.contrast
+    s = rng.uniform(0.2, 1.0, size=(n, v))
+    bt = np.where(g == 0, 0.6, 3.0)[:, None]
+    y = x @ rng.normal(size=(x.shape[1], v)) + rng.normal(size=(n, v)) * np.sqrt(s + bt)
+    fit = flame1(y, s, built.design, c)
+    for j in range(v):
+        ref = _coordinate_reml(y[:, j], s[:, j], x, g)
+        scale = np.var(y[:, j]) + s[:, j].mean()
+        np.testing.assert_allclose(fit.between_variance[:, j], ref, rtol=1e-4, atol=1e-7 * scale)
+        w = 1 / (s[:, j] + ref[g])
+        cov = np.linalg.inv(x.T @ (w[:, None] * x))
+        gamma = cov @ x.T @ (w * y[:, j])
+        np.testing.assert_allclose(fit.effect[j], c @ gamma, rtol=1e-4)
+        np.testing.assert_allclose(fit.t[j], c @ gamma / np.sqrt(c @ cov @ c), rtol=1e-4)
+    # FSL's lower bound: each site holds both groups and the covariate (7 - 3 regressors)
+    assert fit.dof == 4

@@ -11,7 +11,11 @@ in ~1.5 minutes instead of ~35 (normalisation alone is ~6 min per subject on 2 c
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import zlib
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -23,16 +27,19 @@ from scipy import ndimage, stats
 
 from infra.arrays import read_array, read_tsv, write_array, write_tsv
 from infra.bids import discover
+from infra.cli import main
 from infra.clusters import make_executor
 from infra.dashboard.pages import results
 from infra.demo import write_demo_study
+from infra.derivatives import write_png
 from infra.manifest import Manifest, TaskRecord
 from infra.pipeline import PlanContext
 from infra.runner import run_pipeline
-from infra.stages.group import plan_group_stack
-from infra.stages.group_model import group_analyses
+from infra.stages.group_stack import plan_group_stack
+from infra.stages.report import REPORT_KEY
 from infra.storage import Store
 from infra.study import load_study
+from processing.firstlevel.design_qc import plot_design
 from processing.group.flame import flame1
 from processing.normalise.template import load_template
 from processing.simulate import simulate_study
@@ -78,6 +85,8 @@ def _fake_upstream(bids, store: Store, dataset) -> None:
     for run in (r.key for r in dataset.runs):
         sessions.setdefault(run.rsplit("_run-", 1)[0], []).append(run)
     design = pd.DataFrame({"P40": [0, 1, 0, 0], "P0": [0, 0, 1, 0], "anticipation": [1, 0, 0, 0]})
+    plot = write_png(store, "work/fake/design.png", lambda path: plot_design(design, path))
+    _fake_motion(runs, manifest)
     subjects: dict[str, dict] = {}
     for key, members in sorted(sessions.items()):
         sub, ses = key.split("_")[:2]
@@ -93,7 +102,7 @@ def _fake_upstream(bids, store: Store, dataset) -> None:
         for run in usable:
             tsv = write_tsv(store, f"work/fake/{run}_design.tsv", design)
             manifest.put(TaskRecord("design", run, key="d-" + run, state="done",
-                                    outputs={"design": tsv}))  # fmt: skip
+                                    outputs={"design": tsv, "plot": plot}))  # fmt: skip
         fe.state, fe.outputs = "done", {"runs": {c: usable for c in CONTRASTS}}
         manifest.put(fe)
         rng = np.random.default_rng(zlib.crc32(key.encode()))
@@ -133,14 +142,34 @@ def _fake_upstream(bids, store: Store, dataset) -> None:
         manifest.put(rec)
 
 
+def _fake_motion(runs: pd.DataFrame, manifest: Manifest) -> None:
+    """``motion`` records of every run with the simulator's displacement and exclusion verdict
+    (the report's motion QC table; max FD stands in as the largest translation jump)."""
+    for r in runs.itertuples():
+        unit = f"{r.participant_id}_{r.session_id}_task-cuff_run-{r.run}"
+        bad = str(r.exclude).lower() == "true"
+        outputs = {"max_fd_mm": float(r.max_translation_jump_mm), "excluded": bad,
+                   "max_rel_rms_mm": float(r.max_rel_rms_mm), "n_fd_over_0p5": 0,
+                   "reason": r.reason if bad else None}  # fmt: skip
+        manifest.put(TaskRecord("motion", unit, key="m-" + unit, state="done", outputs=outputs,
+                                params={"preprocessing.motion_exclusion_mm": 2.0}))  # fmt: skip
+
+
 @pytest.fixture(scope="module")
-def group(tmp_path_factory):
+def upstream(tmp_path_factory):
+    """The simulated study and a store holding the upstream records (no group stage run yet)."""
     out = tmp_path_factory.mktemp("group")
     simulate_study(out / "bids", subjects=N_SUBJECTS, seed=0, size="small")
     study = _study(out)
     dataset = discover(study.dataset_url, study.tasks)
     store = Store(study.store_url)
     _fake_upstream(out / "bids", store, dataset)
+    return out, study, dataset, store
+
+
+@pytest.fixture(scope="module")
+def group(upstream):
+    out, study, dataset, store = upstream
     ctx = PlanContext(study, dataset, store)
     executor = make_executor("local", workers=2)
     try:
@@ -336,26 +365,146 @@ def test_report_lists_exclusions_and_clusters(group):
                or "desc-clusters" in k for k in (t["key"] for t in found["tables"]))  # fmt: skip
 
 
-def test_group_model_parsing_of_the_reference_study():
-    study = load_study("docs/examples/reference-study.yaml")
-    found = group_analyses(
-        study.doc["model"], ["cuff"], ["pre", "post"], ["P40", "P0", "P40vsP0", "anticipation"]
-    )
-    labels = [a.label for a in found]
-    assert len(found) == 12
-    assert "ses-pre_task-cuff_contrast-P40vsP0" in labels
-    assert "ses-postMinusPre_task-cuff_contrast-anticipation" in labels
-    paired = next(a for a in found if a.session_label == "postMinusPre")
-    assert paired.kind == "paired" and paired.sessions == ("post", "pre")
-    assert paired.weights == (1.0, -1.0)
+def _covariate_study(out):
+    """The test study with one Dataset node: per-session maps on [1, age], testing age's slope."""
+    path = out / "study-age.yaml"
+    doc = yaml.safe_load((out / "study.yaml").read_text())
+    nodes = [n for n in doc["model"]["Nodes"] if n["Level"] != "Dataset"]
+    nodes.append({"Level": "Dataset", "Name": "ageBySession", "GroupBy": ["session", "contrast"],
+                  "Model": {"Type": "glm", "X": [1, "age"]},
+                  "Contrasts": [{"Name": "age", "ConditionList": ["age"], "Weights": [1],
+                                 "Test": "t"}]})  # fmt: skip
+    doc["model"]["Nodes"] = nodes
+    keep = [e for e in doc["model"]["Edges"] if not e["Destination"].startswith("group")]
+    doc["model"]["Edges"] = keep
+    doc["model"]["Edges"].append({"Source": "session", "Destination": "ageBySession"})
+    doc["boldcloud"]["group_level"]["contrasts"] = ["P40vsP0"]
+    doc["boldcloud"]["inference"].update({"n_permutations": 40, "batch_size": 40})
+    doc["boldcloud"]["roi"]["maps"] = []
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    study = load_study(str(path))
+    assert study.issues == [], study.issues
+    return study
 
 
-def test_group_model_rejects_unknown_contrasts_and_dataset_contrasts():
-    study = load_study("docs/examples/reference-study.yaml")
-    model = study.doc["model"]
-    with pytest.raises(ValueError, match="not first-level t contrasts"):
-        group_analyses(model, ["cuff"], ["pre", "post"], ["P40"], only=["P50"])
-    bad = {**model, "Nodes": [*model["Nodes"][:-1], {**model["Nodes"][-1],
-           "Contrasts": [{"Name": "x", "ConditionList": [1], "Weights": [1]}]}]}  # fmt: skip
-    with pytest.raises(ValueError, match="explicit Contrasts"):
-        group_analyses(bad, ["cuff"], ["pre", "post"], ["P40"])
+def test_a_covariate_study_runs_with_freedman_lane_and_drops_a_missing_score(upstream):
+    """participants.tsv age as a covariate (sub-03's age missing): planned, stacked, fitted and
+    permuted (rows, Freedman-Lane); sub-03 is left out with a record warning saying why."""
+    out, _, _, store = upstream
+    study = _covariate_study(out)
+    dataset = discover(study.dataset_url, study.tasks)
+    participants = dataset.participants.copy()
+    participants.loc[participants.participant_id == "sub-03", "age"] = np.nan
+    dataset.participants = participants
+    executor = make_executor("inprocess")
+    stages = ["group_stack", "group_fit", "group_permutation", "group_inference"]
+    try:
+        reports = run_pipeline(PlanContext(study, dataset, store), executor, QUIET, stages=stages)
+    finally:
+        executor.close()
+    for report in reports:
+        assert not report.failed, [r.error for r in report.failed]
+    label = "ses-pre_task-cuff_contrast-P40vsP0Age"
+    stack = _records(store, "group_stack")[label]
+    design = stack.outputs["design"]
+    assert design["columns"] == ["intercept", "age"] and design["permutation"] == "rows"
+    assert stack.outputs["subjects"] == ["01", "04", "05", "06", "08", "09", "10"]
+    assert "missing age" in stack.outputs["excluded"]["03"]
+    assert any("sub-03: missing age" in w for w in stack.warnings)
+    ages = participants.set_index("participant_id").loc[[f"sub-{s}" for s in design["subjects"]]]
+    np.testing.assert_allclose([r[1] for r in design["matrix"]], ages.age - ages.age.mean())
+    block = next(r for u, r in _records(store, "group_fit").items() if u.startswith(label))
+    assert block.state == "done" and block.outputs["dof"] == 5  # 7 subjects - 2 regressors
+    sel = tuple(slice(a, b) for a, b in block.outputs["block"])
+    effect = read_array(store, stack.outputs["effect"], (slice(None), *sel)).reshape(7, -1)
+    maps = read_array(store, block.outputs["maps"]).reshape(len(block.outputs["names"]), -1)
+    mask = maps[block.outputs["names"].index("mask")] > 0.5
+    ols_t = maps[block.outputs["names"].index("ols_t")]
+    assert mask.any()
+    x = np.asarray(design["matrix"])
+    beta, rss, *_ = np.linalg.lstsq(x, effect[:, mask].astype(float), rcond=None)
+    t_age = beta[1] / np.sqrt(rss / 5 * np.linalg.inv(x.T @ x)[1, 1])
+    np.testing.assert_allclose(ols_t[mask], t_age, rtol=1e-3, atol=1e-3)
+    inference = _records(store, "group_inference")[label]
+    assert inference.state == "done" and inference.outputs["inference"]["n_permutations"] == 40
+    assert inference.outputs["inference"]["rearrangement"] == "rows"
+
+
+# ---------------------------------------------------------------- boldcloud report + Chromium
+@pytest.fixture(scope="module")
+def cli_report(group, tmp_path_factory):
+    """``boldcloud report`` on the fixture's store with --out, from a study file that now asks for
+    200 permutations: nothing re-ran, so the methods must still describe the 100 that did."""
+    out, store, _, _, _ = group
+    doc = yaml.safe_load((out / "study.yaml").read_text())
+    doc["boldcloud"]["inference"]["n_permutations"] = 200
+    changed = out / "study-changed.yaml"
+    changed.write_text(yaml.safe_dump(doc, sort_keys=False))
+    local = tmp_path_factory.mktemp("report-copy")
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["report", str(changed), "--store", store.url, "--out", str(local)])
+    return code, printed.getvalue(), local
+
+
+def test_report_command_writes_the_store_report_and_a_local_copy(group, cli_report, tmp_path):
+    out, store, _, _, _ = group
+    code, printed, local = cli_report
+    assert code == 0, printed
+    assert store.full_url(REPORT_KEY) in printed and str(local / "report.html") in printed
+    page = store.read_bytes(REPORT_KEY).decode()
+    assert (local / "report.html").read_text() == page
+    links = re.findall(r'href="([^"#][^"]*)"', page)
+    assert links and all((local / link).is_file() for link in links if link != "data:,")
+    methods = page.split('id="methods"')[1]
+    assert "100 random sign flips" in methods and "200 random" not in methods
+    empty = main(["report", str(out / "study.yaml"), "--store", str(tmp_path / "empty")])
+    assert empty == 1
+
+
+def test_report_opens_in_chromium_with_every_section(cli_report):
+    """The copied report in headless Chromium: no console error, every image decodes, each
+    section has its rows, and the methods name the parameters that ran."""
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("needs Debian's Chromium at /usr/bin/chromium (`make system-deps`)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="needs Playwright (dev extras)")
+    _, _, local = cli_report
+    args = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update"]  # fmt: skip
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(chromium), args=args, headless=True)
+        try:
+            page = browser.new_page()
+            errors: list[str] = []
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto((local / "report.html").as_uri(), wait_until="load")
+            widths = page.eval_on_selector_all("img", "els => els.map(e => e.naturalWidth)")
+            rows = {sel: page.locator(sel).count() for sel in ROW_SELECTORS}
+            methods = page.inner_text("section#methods")
+        finally:
+            browser.close()
+    assert errors == []
+    assert len(widths) >= 10 and min(widths) > 0, widths
+    assert rows["table.cohort tbody tr"] == N_SUBJECTS
+    assert rows["table.excluded-runs tbody tr"] >= 2 and rows["table.excluded-sessions tbody tr"]
+    assert rows["table.motion tbody tr"] >= 30
+    assert rows["section#designs img"] >= 1 + 6  # first level + one group design per analysis
+    assert rows["section#group img"] >= 4 and rows["section#group .clusters tbody tr"] >= 2
+    assert rows["section#roi table"] == 3 and rows["section#roi tbody tr"] >= 3
+    assert rows["section#roi img.scatter"] >= 1
+    assert rows["section#clinical table"] == 2 and rows["section#clinical tbody tr"] >= 2
+    for ran in ("FLAME1", "100 random sign flips", "exhaustive", "64 for N = 6", "Z > 2.3",
+                "cluster-extent FWE-corrected P < 0.05", "MNI152NLin2009aSym 4 mm", "above 2 mm",
+                "4 mm spheres", "Spearman", "boldcloud", "numpy", "scipy", "nibabel", "dipy",
+                "dask"):  # fmt: skip
+        assert ran in methods, (ran, methods)
+
+
+ROW_SELECTORS = (
+    "table.cohort tbody tr", "table.excluded-runs tbody tr", "table.excluded-sessions tbody tr",
+    "table.motion tbody tr", "section#designs img", "section#group img",
+    "section#group .clusters tbody tr", "section#roi table", "section#roi tbody tr",
+    "section#roi img.scatter", "section#clinical table", "section#clinical tbody tr",
+)  # fmt: skip

@@ -9,8 +9,9 @@ from infra.stages.firstlevel import (
     plan_glm_autocorr,
     plan_glm_autocorr_smooth,
 )
-from infra.stages.group import plan_group_fit, plan_group_permutation, plan_group_stack
+from infra.stages.group import plan_group_fit, plan_group_permutation
 from infra.stages.group_inference import plan_group_inference
+from infra.stages.group_stack import plan_group_stack
 from infra.stages.ingest import plan_ingest
 from infra.stages.normalise import plan_normalise
 from infra.stages.preprocess import (
@@ -20,7 +21,8 @@ from infra.stages.preprocess import (
     plan_motion_reference,
     plan_preprocess,
 )
-from infra.stages.report import plan_group_report, plan_group_roi
+from infra.stages.report import plan_group_report
+from infra.stages.roi import plan_group_roi
 from infra.stages.statmaps import plan_fixed_effects, plan_glm_maps
 
 ADAPTERS: dict[str, Planner] = {

@@ -31,7 +31,7 @@ from infra.tasks import TaskSpec
 from processing.firstlevel.design import build_design
 from processing.firstlevel.design_qc import check_design, plot_design
 from processing.firstlevel.film import film_lags, residual_autocorrelation, smooth_autocorrelation
-from processing.firstlevel.fit import contrast_maps, fit_noise_model
+from processing.firstlevel.fit import contrast_maps, fit_noise_model, uses_autocorrelation
 from processing.firstlevel.glm import fit_ols, residuals
 from processing.firstlevel.model import RunModel, run_node
 from processing.firstlevel.volume import AUTOCORR_FWHM_MM
@@ -195,11 +195,19 @@ def _to_block(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------- glm_autocorr (FILM pass 1)
-def plan_glm_autocorr(ctx: PlanContext) -> StagePlan:
-    """FILM only: raw residual autocorrelation of every block of every designed run."""
+def needs_autocorrelation(ctx: PlanContext) -> bool:
+    """FILM, or ar1 with the bias correction: the fit needs the smoothed autocorrelation."""
     model, _ = run_model(ctx)
+    return uses_autocorrelation(
+        model.noise_model, ctx.param("boldcloud.run_level.autocorr_bias_correction")
+    )
+
+
+def plan_glm_autocorr(ctx: PlanContext) -> StagePlan:
+    """Raw residual autocorrelation of every block of every designed run (FILM, or ar1 with the
+    bias correction)."""
     units = []
-    if model.noise_model == "film":
+    if needs_autocorrelation(ctx):
         for run, rec in ctx.done("design").items():
             upstream = {"design": rec.key}
             payload = {"design": rec.outputs["design"], "n_lags": film_lags(rec.outputs["n_scans"])}
@@ -221,7 +229,7 @@ def run_glm_autocorr(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
 def plan_glm_autocorr_smooth(ctx: PlanContext) -> StagePlan:
     """Per run, once all its blocks are in: assemble and smooth the autocorrelation maps."""
     units = []
-    if run_model(ctx)[0].noise_model != "film":
+    if not needs_autocorrelation(ctx):
         return plan_units(stage("glm_autocorr_smooth"), [], ctx, run_glm_autocorr_smooth)
     blocks = _records_by_run(ctx, "glm_autocorr")
     for run, rec in ctx.done("design").items():
@@ -282,7 +290,7 @@ def _expected_blocks(ctx: PlanContext, run: str) -> int:
 
 # ---------------------------------------------------------------- glm (run x block)
 def plan_glm(ctx: PlanContext) -> StagePlan:
-    """Fit every block of every designed run (after the smoothed autocorrelation for FILM)."""
+    """Fit every block of every designed run (after the smoothed autocorrelation if needed)."""
     model, _ = run_model(ctx)
     smooth = ctx.done("glm_autocorr_smooth")
     units = []
@@ -296,7 +304,7 @@ def plan_glm(ctx: PlanContext) -> StagePlan:
             "bias_correction": ctx.param("boldcloud.run_level.autocorr_bias_correction"),
             "highpass_sigma": _highpass_sigma(rec.outputs["tr_s"], ctx),
         }
-        if model.noise_model == "film":
+        if needs_autocorrelation(ctx):
             if run not in smooth:
                 continue
             upstream["glm_autocorr_smooth"] = smooth[run].key

@@ -1,19 +1,16 @@
-"""Engine side of the group level: stack subjects, fit per spatial block, permute in batches.
+"""Engine side of the group level: the study's analyses, fit per spatial block, permute in batches.
 
-Stages (``processing.stages``), one analysis = one Dataset node x first-level contrast [x
-session] (:mod:`infra.stages.group_model`):
+Stages (``processing.stages``), one analysis = one Dataset node contrast x first-level contrast
+[x session] (:mod:`processing.group.model`):
 
-* ``group_stack`` (analysis): which subjects enter is decided here from the manifest (subjects
-  whose ``normalise`` was excluded or failed QC, sessions excluded upstream and undefined
-  contrasts stay out and are listed with the reason); their MNI effect and variance maps (for a
-  paired analysis the subject-level post - pre difference and summed variance) are stacked into
-  Zarr arrays ``(subject, z, y, x)`` chunked ``(N, 16, 32, 32)``, with the mask of voxels where
-  every subject has data. Fewer than 3 usable subjects: the analysis is recorded ``excluded``.
+* ``group_stack`` (analysis, :mod:`infra.stages.group_stack`): included subjects, the design,
+  and the stacked ``(subject, z, y, x)`` effect and variance arrays.
 * ``group_fit`` (analysis x spatial block): FLAME1 (default) or OLS of the block
   (``processing.group.flame``), plus the OLS t that permutation inference uses.
 * ``group_permutation`` (analysis x batch of permutations): ``permutation_batch`` on the whole
-  in-mask data (``(N, V)``, a few tens of MB) for each side; only per-permutation maxima are
-  written back (a small JSON file).
+  in-mask data (``(N, V)``, a few tens of MB) for each side, sign flips or row permutations
+  (Freedman-Lane) as the design's ``permutation`` says; only per-permutation maxima are written
+  back (a small JSON file).
 
 ``group_inference`` (:mod:`infra.stages.group_inference`) then joins blocks and batches.
 """
@@ -25,21 +22,16 @@ from typing import Any
 
 import numpy as np
 
-from infra.arrays import array_attrs, read_array, write_array
-from infra.manifest import TaskRecord, content_key
+from infra.arrays import read_array, write_array
+from infra.manifest import TaskRecord
 from infra.pipeline import PlanContext, StagePlan, Unit, plan_units
-from infra.stages.firstlevel import _slices, _slices_json, run_model, spatial_blocks
-from infra.stages.group_model import GroupAnalysis, group_analyses
+from infra.stages.firstlevel import _slices, run_model
 from infra.stages.statmaps import session_groups
 from infra.storage import Store
 from infra.tasks import TaskSpec
-from processing.group.designs import (
-    MIN_SUBJECTS,
-    GroupDesign,
-    design_from_spec,
-    paired_differences,
-)
-from processing.group.flame import data_mask, flame1, ols
+from processing.group.designs import GroupDesign
+from processing.group.flame import flame1, ols
+from processing.group.model import GroupAnalysis, group_analyses
 from processing.group.permutation import make_permutations, permutation_batch
 from processing.group.tfce import tfce_step
 from processing.stages import stage
@@ -89,240 +81,19 @@ def subjects_of(ctx: PlanContext) -> list[str]:
     return sorted({_entities(k)["sub"] for k in session_groups(ctx)})
 
 
-def inclusion(
-    ctx: PlanContext, analysis: GroupAnalysis
-) -> tuple[dict[str, dict[str, Any]], dict[str, str]] | None:
-    """``(included, excluded)`` for an analysis, or None while a subject's normalise is unfinished.
-
-    ``included``: subject -> {session: {"effect", "variance", "mask", "mean", "session_key"}};
-    ``excluded``: subject -> reason.
-    """
-    normalised = ctx.load("normalise")
-    fixed = ctx.load("fixed_effects")
-    groups = session_groups(ctx)
-    included: dict[str, dict[str, Any]] = {}
-    excluded: dict[str, str] = {}
-    for subject in subjects_of(ctx):
-        if not any(_entities(k).get("task") == analysis.task for k in groups if
-                   _entities(k)["sub"] == subject):  # fmt: skip
-            continue
-        rec = normalised.get(f"sub-{subject}")
-        if rec is None or rec.state not in ("done", "excluded"):
-            return None
-        if rec.state == "excluded":
-            excluded[subject] = f"normalise excluded: {rec.reason}"
-            continue
-        if rec.outputs.get("failed"):
-            excluded[subject] = rec.reason or "registration failed QC"
-            continue
-        maps, why = {}, None
-        for session in analysis.sessions:
-            key = _session_key(subject, session, analysis.task)
-            out = rec.outputs.get("sessions", {}).get(key)
-            where = f"ses-{session}" if session else key
-            if out is None:
-                fe = fixed.get(key)
-                if key not in groups:
-                    why = f"{where}: no such session in the dataset selection"
-                elif fe is not None and fe.state == "excluded":
-                    why = f"{where} excluded: {fe.reason}"
-                else:
-                    why = f"{where}: no normalised maps"
-                break
-            effect = out["maps"].get(f"{analysis.contrast}:effect")
-            variance = out["maps"].get(f"{analysis.contrast}:variance")
-            if effect is None or variance is None:
-                why = f"{where}: contrast {analysis.contrast} is undefined in every usable run"
-                break
-            maps[session or ""] = {
-                "effect": effect,
-                "variance": variance,
-                "mask": out["mask"],
-                "mean": out["mean"],
-                "session_key": key,
-            }
-        if why:
-            excluded[subject] = why
-        else:
-            included[subject] = maps
-    return included, excluded
-
-
-def _participant_table(ctx: PlanContext, subjects: list[str], columns: list[str]) -> dict:
-    """participants.tsv columns for ``subjects`` (NaN where missing), as plain lists."""
-    if not columns:
-        return {}
-    table = ctx.dataset.participants
-    if table is None:
-        raise ValueError(
-            f"the group model uses participants.tsv columns {columns}, but the dataset has no "
-            "participants.tsv"
-        )
-    unknown = [c for c in columns if c not in table.columns]
-    if unknown:
-        raise ValueError(
-            f"group model columns {unknown} are not in participants.tsv (columns: "
-            f"{list(table.columns)})"
-        )
-    rows = table.set_index(table["participant_id"].astype(str))
-    out = {}
-    for col in columns:
-        values = [rows[col].get(f"sub-{s}") if f"sub-{s}" in rows.index else None for s in subjects]
-        out[col] = [None if v is None or v != v else v for v in values]
-    return out
-
-
-# ---------------------------------------------------------------- group_stack
-def plan_group_stack(ctx: PlanContext) -> StagePlan:
-    """One stacking task per analysis once every subject's normalise is final."""
-    units = []
-    vg_column = ctx.param("boldcloud.group_level.variance_groups")
-    for analysis in analyses(ctx):
-        found = inclusion(ctx, analysis)
-        if found is None:
-            continue  # some subject is still being normalised (or failed: rerun first)
-        included, excluded = found
-        subjects = sorted(included)
-        if len(subjects) < MIN_SUBJECTS:
-            listed = "; ".join(f"sub-{s}: {r}" for s, r in sorted(excluded.items()))
-            why = (
-                f"{len(subjects)} usable subject(s) {['sub-' + s for s in subjects]}, a group "
-                f"model needs at least {MIN_SUBJECTS}"
-                + (f" (left out: {listed})" if listed else "")
-            )
-            units.append(Unit(analysis.label, None, None, {}, {}, excluded=why))
-            continue
-        columns = list(analysis.covariates) + ([vg_column] if vg_column else [])
-        table = _participant_table(ctx, subjects, columns)
-        normalised = ctx.load("normalise")
-        upstream = {
-            "normalise": content_key(keys=[normalised[f"sub-{s}"].key for s in subjects]),
-            "excluded": content_key(excluded=excluded),
-            "analysis": content_key(a=analysis.to_json()),
-            "participants": content_key(table=table),
-        }
-        payload = {
-            "analysis": analysis.to_json(),
-            "included": {s: included[s] for s in subjects},
-            "excluded": excluded,
-            "table": table,
-            "variance_groups": vg_column,
-        }
-        units.append(Unit(analysis.label, None, None, upstream, payload))
-    return plan_units(stage("group_stack"), units, ctx, run_group_stack)
-
-
-def _read_pair(store: Store, maps: dict, analysis: GroupAnalysis) -> tuple[np.ndarray, ...]:
-    """A subject's (effect, variance, mask) after combining its sessions."""
-    parts = [maps[s or ""] for s in analysis.sessions]
-    effects = [read_array(store, m["effect"]).astype(np.float64) for m in parts]
-    variances = [read_array(store, m["variance"]).astype(np.float64) for m in parts]
-    mask = np.logical_and.reduce([read_array(store, m["mask"]).astype(bool) for m in parts])
-    if analysis.kind == "paired":
-        (post, pre), (v_post, v_pre) = effects, variances
-        if analysis.weights[0] < 0:
-            post, pre, v_post, v_pre = pre, post, v_pre, v_post
-        diff, var = paired_differences(pre[None], v_pre[None], post[None], v_post[None])
-        return diff[0], var[0], mask
-    effect = sum(w * e for w, e in zip(analysis.weights, effects, strict=True))
-    variance = sum(w * w * v for w, v in zip(analysis.weights, variances, strict=True))
-    return effect, variance, mask
-
-
-def run_group_stack(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
-    """Stack the included subjects' maps as (subject, z, y, x) Zarr arrays; find the group mask."""
-    store, p = Store(spec.store_url), spec.payload
-    analysis = GroupAnalysis.from_json(p["analysis"])
-    subjects = sorted(p["included"])
-    spec_design = {
-        "type": "one_sample" if analysis.kind == "one_sample" else "paired",
-        "covariates": list(analysis.covariates),
-        "variance_groups": p["variance_groups"],
-    }
-    design = design_from_spec(spec_design, subjects, _numeric(p["table"], analysis.covariates))
-    excluded = dict(p["excluded"])
-    for subject in design.dropped:
-        excluded[subject] = f"missing value of a group covariate {list(analysis.covariates)}"
-        record.warnings.append(f"sub-{subject} dropped: missing covariate value")
-    subjects = list(design.subjects)
-    first = p["included"][subjects[0]][analysis.sessions[0] or ""]["effect"]
-    attrs = array_attrs(store, first)
-    affine = np.asarray(attrs["affine"])
-    shape = tuple(int(n) for n in read_array(store, first).shape)
-    effect = np.zeros((len(subjects), *shape), dtype=np.float32)
-    variance = np.zeros_like(effect)
-    masks = np.ones(shape, dtype=bool)
-    for i, subject in enumerate(subjects):
-        e, v, m = _read_pair(store, p["included"][subject], analysis)
-        if e.shape != shape:
-            raise ValueError(
-                f"sub-{subject}: maps on grid {e.shape}, others on {shape}; every subject must be "
-                "normalised to the same template grid"
-            )
-        effect[i], variance[i] = e, v
-        masks &= m
-    flat_e = effect.reshape(len(subjects), -1)
-    flat_v = variance.reshape(len(subjects), -1)
-    mask = (data_mask(flat_e, flat_v).reshape(shape) & masks).astype(bool)
-    chunks = (len(subjects), *STACK_CHUNKS)
-    out_attrs = {"affine": affine.tolist(), "space": attrs.get("space"),
-                 "subjects": [f"sub-{s}" for s in subjects]}  # fmt: skip
-    dims = ("subject", "z", "y", "x")
-    keys = {
-        "effect": write_array(store, f"{p['out']}/effect", effect, dims, chunks, out_attrs),
-        "variance": write_array(store, f"{p['out']}/variance", variance, dims, chunks, out_attrs),
-        "mask": write_array(store, f"{p['out']}/mask", mask.astype(np.uint8), dims[1:],
-                            STACK_CHUNKS, out_attrs),
-    }  # fmt: skip
-    blocks = [(label, _slices_json(sel)) for label, sel in spatial_blocks(mask, FIT_BLOCK)]
-    if not mask.any():
-        raise ValueError("no voxel where every included subject has data: check the masks")
-    return {
-        **keys,
-        "analysis": analysis.to_json(),
-        "subjects": subjects,
-        "excluded": excluded,
-        "n": len(subjects),
-        "voxels": int(mask.sum()),
-        "shape": list(shape),
-        "affine": affine.tolist(),
-        "space": attrs.get("space"),
-        "blocks": blocks,
-        "design": _design_json(design),
-    }
-
-
-def _numeric(table: dict, covariates: tuple[str, ...]) -> dict:
-    out = dict(table)
-    for name in covariates:
-        out[name] = [np.nan if v is None else float(v) for v in table[name]]
-    return out
-
-
-def _design_json(design: GroupDesign) -> dict[str, Any]:
-    return {
-        "matrix": design.matrix.tolist(),
-        "columns": list(design.columns),
-        "contrast": design.contrast("mean").tolist(),
-        "variance_groups": design.variance_groups.tolist(),
-        "group_names": list(design.group_names),
-        "kind": design.kind,
-        "subjects": list(design.subjects),
-    }
-
-
 def design_of(obj: dict[str, Any]) -> tuple[GroupDesign, np.ndarray]:
     """The GroupDesign and contrast weights stored by ``group_stack``."""
+    contrast = np.asarray(obj["contrast"], dtype=np.float64)
     design = GroupDesign(
         np.asarray(obj["matrix"], dtype=np.float64),
         tuple(obj["columns"]),
-        {"mean": np.asarray(obj["contrast"], dtype=np.float64)},
+        {obj.get("contrast_name", "mean"): contrast},
         np.asarray(obj["variance_groups"], dtype=np.int64),
         tuple(obj["group_names"]),
         obj["kind"],
         tuple(obj["subjects"]),
     )
-    return design, np.asarray(obj["contrast"], dtype=np.float64)
+    return design, contrast
 
 
 # ---------------------------------------------------------------- group_fit
@@ -382,9 +153,12 @@ def run_group_fit(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- group_permutation
-def permutation_plan(n: int, n_perm: int, batch_size: int) -> tuple[int, int, bool]:
-    """``(n_total, n_batches, exhaustive)`` of sign flipping ``n`` rows."""
-    available = 2**n
+def permutation_plan(
+    n: int, n_perm: int, batch_size: int, kind: str = "sign"
+) -> tuple[int, int, bool]:
+    """``(n_total, n_batches, exhaustive)`` of sign flipping (``kind="sign"``) or permuting
+    (``"rows"``) ``n`` rows."""
+    available = 2**n if kind == "sign" else math.factorial(n)
     total = available if available <= n_perm else int(n_perm)
     return total, max(1, math.ceil(total / batch_size)), available <= n_perm
 
@@ -411,8 +185,9 @@ def plan_group_permutation(ctx: PlanContext) -> StagePlan:
             units.append(Unit(analysis.label, None, None, {}, {}, excluded=why))
             continue
         _, n_batches, _ = permutation_plan(
-            rec.outputs["n"], params["n_permutations"], params["batch_size"]
-        )
+            rec.outputs["n"], params["n_permutations"], params["batch_size"],
+            rec.outputs["design"].get("permutation", "sign"),
+        )  # fmt: skip
         for b in range(n_batches):
             payload = {"stack": rec.outputs, "batch": b, "n_batches": n_batches, **params}
             upstream = {"group_stack": rec.key, "batch": f"{b}/{n_batches}"}
@@ -430,12 +205,14 @@ def in_mask_data(store: Store, stack: dict) -> tuple[np.ndarray, np.ndarray]:
 
 
 def run_group_permutation(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
-    """Maxima (t, cluster extent and mass, TFCE) of one batch of sign flips, per side."""
+    """Maxima (t, cluster extent and mass, TFCE) of one batch of sign flips or row
+    permutations (Freedman-Lane, see ``processing.group.permutation``), per side."""
     store, p = Store(spec.store_url), spec.payload
     design, contrast = design_of(p["stack"]["design"])
     data, mask = in_mask_data(store, p["stack"])
     perms = make_permutations(
-        design.n_subjects, p["n_permutations"], kind="sign", seed=p["seed"],
+        design.n_subjects, p["n_permutations"], seed=p["seed"],
+        kind=p["stack"]["design"].get("permutation", "sign"),
         batch=p["batch"], n_batches=p["n_batches"],
     )  # fmt: skip
     sides = SIDES if p["two_sided"] else SIDES[:1]
@@ -461,8 +238,8 @@ __all__ = [
     "analyses",
     "design_of",
     "in_mask_data",
-    "inclusion",
+    "permutation_plan",
     "plan_group_fit",
     "plan_group_permutation",
-    "plan_group_stack",
+    "subjects_of",
 ]

@@ -33,12 +33,12 @@ from infra.manifest import TaskRecord, content_key
 from infra.pipeline import PlanContext, StagePlan, Unit, plan_units
 from infra.stages.firstlevel import _slices
 from infra.stages.group import analyses, design_of, in_mask_data, permutation_plan
-from infra.stages.group_model import GroupAnalysis
 from infra.storage import Store
 from infra.tasks import TaskSpec
 from processing.firstlevel.figures import save_stat_overlay_png
 from processing.group.clusters import cluster_table
 from processing.group.grf import estimate_smoothness, grf_cluster_p, ols_residuals
+from processing.group.model import GroupAnalysis
 from processing.group.permutation import cluster_forming_t, combine_batches, fwe_p
 from processing.group.tfce import tfce
 from processing.ingest import build_bids_name
@@ -85,6 +85,7 @@ def plan_group_inference(ctx: PlanContext) -> StagePlan:
                 rec.outputs["n"],
                 int(ctx.param("boldcloud.inference.n_permutations")),
                 int(ctx.param("boldcloud.inference.batch_size")),
+                rec.outputs["design"].get("permutation", "sign"),
             )
             batches = [perms.get(f"{analysis.label}_batch-{b:04d}") for b in range(n_batches)]
             if any(
@@ -145,7 +146,10 @@ def run_group_inference(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
         "ExcludedSubjects": {f"sub-{s}": r for s, r in stack["excluded"].items()},
         "Estimator": p["estimator"],
         "DegreesOfFreedom": dof,
-        "Design": {"columns": stack["design"]["columns"], "contrast": stack["design"]["contrast"]},
+        "Design": {
+            k: stack["design"].get(k)
+            for k in ("columns", "contrast", "contrast_name", "permutation", "group_names")
+        },
         "Software": {"Name": "boldcloud", "Version": version("boldcloud")},
     }
     files: dict[str, str] = {}
@@ -190,7 +194,8 @@ def run_group_inference(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
         )  # fmt: skip
         info.update(n_permutations=int(p["batches"][0]["n_total"]),
                     exhaustive=bool(p["batches"][0]["exhaustive"]),
-                    cluster_forming_t=t_thr, statistic_map="ols")  # fmt: skip
+                    cluster_forming_t=t_thr, statistic_map="ols",
+                    rearrangement=stack["design"].get("permutation", "sign"))  # fmt: skip
         files.update(_voxelwise(store, p, maps, mask, nulls, sides, ents, affine, base_side))
     elif p["method"] == "grf":
         data, _ = in_mask_data(store, stack)

@@ -22,6 +22,7 @@ from infra.stages.firstlevel import (
 )
 from infra.storage import Store
 from infra.tasks import TaskSpec
+from processing.firstlevel.between_run import RunAlignment, align_run, resample_to_reference
 from processing.firstlevel.figures import save_stat_overlay_png
 from processing.firstlevel.fixed_effects import fixed_effects
 from processing.stages import stage
@@ -176,12 +177,15 @@ def plan_fixed_effects(ctx: PlanContext) -> StagePlan:
 
 
 def run_fixed_effects(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
-    """Inverse-variance combination of the session's usable runs, per t contrast."""
+    """Inverse-variance combination of the session's usable runs, per t contrast, after each
+    later run is rigidly registered to the first (skipped when they already agree)."""
     store, p = Store(spec.store_url), spec.payload
     runs = sorted(p["runs"])
-    masks = [read_array(store, p["runs"][r]["mask"]).astype(bool) for r in runs]
-    mask = np.logical_and.reduce(masks)
-    affine = np.asarray(array_attrs(store, p["runs"][runs[0]]["maps"]["sigmasquared"])["affine"])
+    affine = _run_affine(store, p, runs[0])
+    shape = read_array(store, p["runs"][runs[0]]["mask"]).shape
+    p = {**p, "alignment": _align_runs(store, p, runs, affine), "reference_shape": shape}
+    masks = [_on_reference(store, p, r, p["runs"][r]["mask"], "mask") for r in runs]
+    mask = np.logical_and.reduce([m.astype(bool) for m in masks])
     entities = {k: v for k, v in run_attrs(store, p["raw"])["entities"].items() if k != "run"}
     write_nifti(store, derivative_key(entities, "mask", ".nii.gz", desc="brain"), mask, affine)
     outputs: dict[str, Any] = {"maps": {}, "nifti": {}, "dof": {}, "runs": {}, "passed_through": []}
@@ -206,7 +210,7 @@ def run_fixed_effects(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
             side = _sidecar(
                 p["model"], contrast.name, stat, dof, Runs=used, Method="fixed_effects",
                 Weights="inverse_variance", PassedThrough=len(used) == 1,
-                ExcludedRuns=p["excluded"],
+                ExcludedRuns=p["excluded"], RunAlignment=_alignment_summary(p, used),
             )  # fmt: skip
             outputs["nifti"][name] = write_nifti(store, key, volume, affine, sidecar=side)
     outputs["mask"] = write_array(
@@ -214,7 +218,48 @@ def run_fixed_effects(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
     )
     outputs["mean"] = p["runs"][runs[0]]["mean"]
     outputs["reference_run"] = runs[0]
+    outputs["alignment"] = {r: a.to_dict() for r, a in p["alignment"].items()}
     return outputs
+
+
+def _run_affine(store: Store, p: dict, run: str) -> np.ndarray:
+    return np.asarray(array_attrs(store, p["runs"][run]["maps"]["sigmasquared"])["affine"])
+
+
+def _align_runs(
+    store: Store, p: dict, runs: list[str], affine: np.ndarray
+) -> dict[str, RunAlignment]:
+    """Rigid transform of each later run's mean functional image onto the first run's."""
+    reference, _ = read_nifti(store, p["runs"][runs[0]]["mean"])
+    reference_mask = read_array(store, p["runs"][runs[0]]["mask"]).astype(bool)
+    alignments = {}
+    for run in runs[1:]:
+        mean, mean_affine = read_nifti(store, p["runs"][run]["mean"])
+        alignments[run] = align_run(reference, affine, reference_mask, mean, mean_affine)
+    return alignments
+
+
+def _alignment_summary(p: dict, used: list[str]) -> dict[str, dict]:
+    """Sidecar entry: per used later run, whether it was registered and its parameters."""
+    keep = ("registered", "offset_mm", "translation_mm", "rotation_deg", "centre_mm")
+    return {
+        run: {k: v for k, v in p["alignment"][run].to_dict().items() if k in keep}
+        for run in used
+        if run in p["alignment"]
+    }
+
+
+def _on_reference(store: Store, p: dict, run: str, key: str, kind: str) -> np.ndarray:
+    """A run's map on the first run's grid: read as is, or resampled once if registered."""
+    volume = read_array(store, key)
+    alignment = p["alignment"].get(run)
+    if alignment is None or not alignment.registered:
+        return volume
+    reference = sorted(p["runs"])[0]
+    return resample_to_reference(
+        volume, _run_affine(store, p, run), alignment, _run_affine(store, p, reference),
+        p["reference_shape"], kind=kind,
+    )  # fmt: skip
 
 
 def _attrs(affine: np.ndarray) -> dict:
@@ -227,7 +272,8 @@ def _combine(
     """Effect, variance, t, z volumes of one contrast over the runs in ``used``."""
 
     def load(run: str, stat: str) -> np.ndarray:
-        return read_array(store, p["runs"][run]["maps"][f"{contrast}:{stat}"])
+        kind = "variance" if stat == "variance" else "effect"  # t, z: trilinear as effects
+        return _on_reference(store, p, run, p["runs"][run]["maps"][f"{contrast}:{stat}"], kind)
 
     if len(used) == 1:
         run = used[0]

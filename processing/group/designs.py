@@ -14,6 +14,8 @@ Supported kinds:
   design; contrast ``mean`` is post - pre.
 * ``two_groups``: one indicator column per group (``group-<A>``, ``group-<B>``), contrasts for each
   group mean and both differences, plus optional covariates.
+* ``glm``: any design a study's Dataset node describes (``Model.X``: intercept, covariates,
+  factor indicators), built by :func:`processing.group.model_design.model_design`.
 
 Every contrast is a 1-D array of one weight per design column.
 """
@@ -30,10 +32,10 @@ __all__ = [
     "MIN_SUBJECTS",
     "GroupDesign",
     "check_design",
-    "design_from_spec",
     "one_sample_design",
     "paired_differences",
     "two_group_design",
+    "variance_group_index",
 ]
 
 MIN_SUBJECTS = 3
@@ -56,11 +58,12 @@ class GroupDesign:
     group_names : tuple of str
         Name of each variance group, length G.
     kind : str
-        ``one_sample``, ``paired`` or ``two_groups``.
+        ``one_sample``, ``paired``, ``two_groups`` or ``glm``.
     subjects : tuple of str
         Subject label per row.
     dropped : tuple of str
-        Subjects removed because a covariate was missing (see :func:`design_from_spec`).
+        Subjects removed because a model variable was missing
+        (see :func:`processing.group.model_design.model_design`).
     """
 
     matrix: NDArray[np.float64]
@@ -171,7 +174,28 @@ def _covariate_columns(
     return names, cols
 
 
-def _variance_groups(labels: Sequence | None, n: int) -> tuple[NDArray[np.int64], tuple[str, ...]]:
+def variance_group_index(
+    labels: Sequence | None, n: int
+) -> tuple[NDArray[np.int64], tuple[str, ...]]:
+    """Variance group index per row (0 .. G-1, sorted label order) and the group names.
+
+    Parameters
+    ----------
+    labels : sequence, optional
+        One label per row (e.g. the site); None: a single group ``all``.
+    n : int
+        Number of rows.
+
+    Returns
+    -------
+    index : ndarray of int64, shape (n,)
+    names : tuple of str
+
+    Raises
+    ------
+    ValueError
+        When the labels do not match the rows, or a group has fewer than 2 subjects.
+    """
     if labels is None:
         return np.zeros(n, dtype=np.int64), ("all",)
     lab = [str(v) for v in labels]
@@ -183,7 +207,9 @@ def _variance_groups(labels: Sequence | None, n: int) -> tuple[NDArray[np.int64]
     if np.any(counts < 2):
         small = [names[g] for g in np.nonzero(counts < 2)[0]]
         raise ValueError(
-            f"variance groups {small} have fewer than 2 subjects; merge them with another group"
+            f"variance groups {small} have fewer than 2 subjects (counts "
+            f"{dict(zip(names, counts.tolist(), strict=True))}); merge them with another group "
+            "or set boldcloud.group_level.variance_groups to null"
         )
     return idx, names
 
@@ -233,7 +259,7 @@ def one_sample_design(
     p = x.shape[1]
     contrasts = {"mean": np.eye(p)[0], "-mean": -np.eye(p)[0]}
     contrasts.update({name: np.eye(p)[j + 1] for j, name in enumerate(names)})
-    groups, group_names = _variance_groups(variance_groups, n)
+    groups, group_names = variance_group_index(variance_groups, n)
     return GroupDesign(
         x, tuple(columns), contrasts, groups, group_names, kind, _subjects(subjects, n)
     )
@@ -275,7 +301,7 @@ def two_group_design(
     e = np.eye(p)
     contrasts = {a: e[0], b: e[1], f"{a}-{b}": e[0] - e[1], f"{b}-{a}": e[1] - e[0]}
     contrasts.update({name: e[j + 2] for j, name in enumerate(names)})
-    vg, vg_names = _variance_groups(lab if variance_groups is None else variance_groups, n)
+    vg, vg_names = variance_group_index(lab if variance_groups is None else variance_groups, n)
     return GroupDesign(
         x, tuple(columns), contrasts, vg, vg_names, "two_groups", _subjects(subjects, n)
     )
@@ -311,85 +337,3 @@ def paired_differences(
         )
     e0, v0, e1, v1 = arrays
     return e1 - e0, v0 + v1
-
-
-def design_from_spec(
-    spec: Mapping,
-    subjects: Sequence[str],
-    table: Mapping[str, Sequence] | None = None,
-    *,
-    drop_missing: bool = True,
-) -> GroupDesign:
-    """Build a design from a study-file style specification.
-
-    Parameters
-    ----------
-    spec : mapping
-        ``{"type": "one_sample" | "paired" | "two_groups", "covariates": [names],
-        "group": column (two_groups), "variance_groups": column or None}``.
-    subjects : sequence of str
-        Subjects (rows) in order.
-    table : mapping of column -> sequence, optional
-        Per-subject values (e.g. a participants DataFrame's columns, rows aligned with
-        ``subjects``). Needed for covariates, groups and variance groups.
-    drop_missing : bool
-        Subjects with a missing covariate value are dropped (listed in ``dropped``) when true;
-        otherwise a missing value is an error.
-
-    Returns
-    -------
-    GroupDesign
-    """
-    kind = spec.get("type", "one_sample")
-    if kind not in ("one_sample", "paired", "two_groups"):
-        raise ValueError(f"unknown design type {kind!r}; use one_sample, paired or two_groups")
-    table = dict(table or {})
-    subjects = [str(s) for s in subjects]
-    n = len(subjects)
-    wanted = list(spec.get("covariates") or [])
-    for key in ("group", "variance_groups"):
-        if spec.get(key):
-            wanted.append(spec[key])
-    for name in wanted:
-        if name not in table:
-            raise ValueError(f"unknown covariate {name!r}; available columns: {sorted(table)}")
-        if len(table[name]) != n:
-            raise ValueError(f"column {name!r} has {len(table[name])} values for {n} subjects")
-    keep = np.ones(n, dtype=bool)
-    for name in spec.get("covariates") or []:
-        vals = np.asarray(table[name], dtype=np.float64)
-        missing = ~np.isfinite(vals)
-        if missing.any() and not drop_missing:
-            who = [subjects[i] for i in np.nonzero(missing)[0]]
-            raise ValueError(f"covariate {name!r} is missing for {who}")
-        keep &= ~missing
-    dropped = tuple(s for s, k in zip(subjects, keep, strict=True) if not k)
-    rows = np.nonzero(keep)[0]
-    sub = [subjects[i] for i in rows]
-    covs = {
-        name: np.asarray(table[name], dtype=np.float64)[rows]
-        for name in spec.get("covariates") or []
-    }
-    vg_col = spec.get("variance_groups")
-    vgroups = [table[vg_col][i] for i in rows] if vg_col else None
-    if kind == "two_groups":
-        if not spec.get("group"):
-            raise ValueError("a two_groups design needs 'group': the column with group labels")
-        labels = [table[spec["group"]][i] for i in rows]
-        design = two_group_design(labels, covariates=covs, variance_groups=vgroups, subjects=sub)
-    else:
-        design = one_sample_design(
-            len(rows), covariates=covs, variance_groups=vgroups, subjects=sub, kind=kind
-        )
-    if dropped:
-        design = GroupDesign(
-            design.matrix,
-            design.columns,
-            design.contrasts,
-            design.variance_groups,
-            design.group_names,
-            design.kind,
-            design.subjects,
-            dropped,
-        )
-    return design

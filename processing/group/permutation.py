@@ -56,6 +56,7 @@ __all__ = [
     "fwe_p",
     "make_permutations",
     "permutation_batch",
+    "permutation_kind",
     "permuted_t",
     "prepare_model",
 ]
@@ -209,6 +210,34 @@ def prepare_model(design: GroupDesign | ArrayLike, contrast: str | ArrayLike) ->
     else:
         nuisance = np.eye(n)
     return PermutationModel(q, u, nuisance, float(a @ a), n - p)
+
+
+def permutation_kind(design: ArrayLike, contrast: ArrayLike) -> str:
+    """``"sign"`` or ``"rows"``: the rearrangement that is valid for a design and contrast.
+
+    Row permutation of Freedman-Lane residuals needs the constant in the nuisance space
+    ``{X b : c b = 0}``: then the mean is a nuisance effect and exchangeable errors suffice (a
+    covariate's slope, a two-group difference). Otherwise the contrast tests a mean (one-sample,
+    paired, with or without nuisance covariates), which permuting rows cannot change: sign
+    flipping (symmetric errors) is used, as randomise does for one-sample designs.
+
+    Parameters
+    ----------
+    design : array_like, shape (N, p)
+    contrast : array_like, shape (p,)
+
+    Returns
+    -------
+    str
+    """
+    x = np.asarray(design, dtype=np.float64)
+    c = np.asarray(contrast, dtype=np.float64)
+    z = x @ linalg.null_space(c[None, :])
+    ones = np.ones(x.shape[0])
+    if z.shape[1] == 0:
+        return "sign"
+    fitted = z @ np.linalg.lstsq(z, ones, rcond=None)[0]
+    return "rows" if np.allclose(fitted, ones, atol=1e-8) else "sign"
 
 
 def permuted_t(

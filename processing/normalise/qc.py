@@ -24,6 +24,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 
+from processing.figures.montage import Outline, save_slice_montage
 from processing.preprocess.masks import otsu_threshold
 
 __all__ = [
@@ -339,43 +340,13 @@ def save_registration_overlay_png(
     -------
     Path
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     bg = np.asarray(template, dtype=np.float32)
     reg = np.asarray(registered, dtype=np.float32)
     if bg.ndim != 3 or reg.shape != bg.shape:
         raise ValueError(f"need two 3-D images on one grid, got {bg.shape} and {reg.shape}")
-    levels = edge_levels(reg, mask)
     smooth = ndimage.gaussian_filter(reg, 0.7)
-    aff = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
-    size_zyx = np.linalg.norm(aff[:3, :3], axis=0)[::-1]
-    low, high = np.percentile(bg, [1.0, 99.5])
-    fig, axes = plt.subplots(3, n_slices, figsize=(2.4 * n_slices, 7.5), squeeze=False)
-    for row, (axis, name) in enumerate(((0, "axial z"), (1, "coronal y"), (2, "sagittal x"))):
-        others = tuple(a for a in range(3) if a != axis)
-        present = np.flatnonzero((bg > 0.2 * bg.max()).any(axis=others))
-        if present.size == 0:
-            present = np.arange(bg.shape[axis])
-        picks = np.linspace(present[0], present[-1], n_slices + 2)[1:-1].round().astype(int)
-        for col, index in enumerate(picks):
-            ax = axes[row, col]
-            aspect = float(size_zyx[others[0]] / size_zyx[others[1]])
-            plane = np.take(bg, index, axis)
-            ax.imshow(plane, cmap="gray", vmin=low, vmax=high, origin="lower", aspect=aspect)
-            edges = np.take(smooth, index, axis)
-            for level, width in zip(levels, (1.0, 0.6), strict=True):
-                if edges.min() < level < edges.max():
-                    ax.contour(edges, levels=[level], colors="red", linewidths=width)
-            world = aff[2 - axis, 2 - axis] * index + aff[2 - axis, 3]
-            ax.set_title(f"{name} = {world:.0f} mm", fontsize=8)
-            ax.set_axis_off()
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.96))
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    levels = edge_levels(reg, mask)
+    outlines = [Outline(smooth, lv, "red", w) for lv, w in zip(levels, (1.0, 0.6), strict=True)]
+    return save_slice_montage(
+        bg, path, outlines=outlines, affine=affine, n_slices=n_slices, title=title
+    )

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from processing.figures.montage import Outline, save_slice_montage
+
 __all__ = ["mask_volume_ml", "save_mask_overlay_png", "tsnr"]
 
 
@@ -56,15 +58,6 @@ def mask_volume_ml(mask: ArrayLike, affine: ArrayLike) -> float:
     return float(np.count_nonzero(mask)) * voxel_mm3 / 1000.0
 
 
-def _slices(mask: NDArray[np.bool_], axis: int, count: int) -> list[int]:
-    """Evenly spaced slice indices through the mask's extent along ``axis``."""
-    others = tuple(a for a in range(3) if a != axis)
-    present = np.flatnonzero(mask.any(axis=others))
-    if present.size == 0:
-        present = np.arange(mask.shape[axis])
-    return [int(i) for i in np.linspace(present[0], present[-1], count + 2)[1:-1].round()]
-
-
 def save_mask_overlay_png(
     mean_epi: ArrayLike,
     mask: ArrayLike,
@@ -80,7 +73,7 @@ def save_mask_overlay_png(
     mean_epi : array_like, shape (z, y, x)
         Background image (e.g. the mean EPI), shown in grey (1st-99.5th percentile window).
     mask : array_like of bool, shape (z, y, x)
-        Mask whose outline is drawn.
+        Mask whose outline is drawn; slices are spread over its extent.
     path : str or Path
         Output PNG (parent folders are created).
     title : str
@@ -95,38 +88,14 @@ def save_mask_overlay_png(
     Path
         The written file.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     image = np.asarray(mean_epi, dtype=np.float32)
     inside = np.asarray(mask).astype(bool)
     if image.ndim != 3 or inside.shape != image.shape:
         raise ValueError(
             f"need a 3-D image and a mask of the same shape, got {image.shape} and {inside.shape}"
         )
-    sizes = np.ones(3) if affine is None else np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
-    size_zyx = sizes[::-1]
-    low, high = np.percentile(image, [1.0, 99.5])
-    names = ("axial", "coronal", "sagittal")
-    fig, axes = plt.subplots(3, n_slices, figsize=(2.4 * n_slices, 7.5), squeeze=False)
-    for row, (axis, name) in enumerate(zip((0, 1, 2), names, strict=True)):
-        for col, index in enumerate(_slices(inside, axis, n_slices)):
-            ax = axes[row, col]
-            plane = np.take(image, index, axis=axis)
-            outline = np.take(inside, index, axis=axis).astype(np.float32)
-            rows, cols = (a for a in range(3) if a != axis)
-            aspect = float(size_zyx[rows] / size_zyx[cols])
-            ax.imshow(plane, cmap="gray", vmin=low, vmax=high, origin="lower", aspect=aspect)
-            if outline.any() and not outline.all():
-                ax.contour(outline, levels=[0.5], colors="red", linewidths=0.8)
-            ax.set_title(f"{name} {index}", fontsize=8)
-            ax.set_axis_off()
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0.0, 0.0, 1.0, 0.96))
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=80)
-    plt.close(fig)
-    return out
+    outline = Outline(inside.astype(np.float32), 0.5, "red", 0.8)
+    return save_slice_montage(
+        image, path, extent=inside, outlines=[outline], affine=affine, n_slices=n_slices,
+        title=title,
+    )  # fmt: skip
