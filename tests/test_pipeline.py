@@ -195,6 +195,10 @@ def test_sessions_combine_usable_runs_or_say_why_not(finished):
         assert (len(usable) == 1) == ("P40vsP0" in rec.outputs["passed_through"])
         side = store.read_json(rec.outputs["nifti"]["P40vsP0:z"].replace(".nii.gz", ".json"))
         assert side["Method"] == "fixed_effects" and side["DegreesOfFreedom"] == dof
+        # The simulator's runs are aligned: between-run registration is skipped (maps unchanged).
+        alignment = rec.outputs["alignment"]
+        assert len(alignment) == len(usable) - 1
+        assert all(not a["registered"] and a["offset_mm"] < 0.25 for a in alignment.values())
 
 
 def test_block_stages_equal_the_in_memory_reference(finished):

@@ -109,7 +109,7 @@ def residual_autocorrelation(residuals: ArrayLike, n_lags: int) -> NDArray[np.fl
     n_fft = film_fft_length(n_scans)
     out = np.zeros((int(n_lags), res.shape[1]))
     for start in range(0, res.shape[1], _ACF_BATCH):
-        block = res[:, start : start + _ACF_BATCH].astype(np.float64)
+        block = np.asarray(res[:, start : start + _ACF_BATCH], dtype=np.float64)
         if not np.all(np.isfinite(block)):
             raise ValueError("residuals hold NaN or inf; drop non-finite voxels first")
         acov = _autocovariance(block, int(n_lags), n_fft)

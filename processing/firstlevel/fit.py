@@ -7,6 +7,7 @@ undefined in this run) lives here rather than in the engine.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -18,7 +19,14 @@ from processing.firstlevel.glm import GLMFit, fit_ar1, fit_film, fit_ols
 from processing.firstlevel.model import Contrast, UndefinedContrast, run_contrast
 from processing.preprocess.highpass import highpass_matrix
 
-__all__ = ["contrast_maps", "fit_noise_model"]
+__all__ = ["contrast_maps", "fit_noise_model", "uses_autocorrelation"]
+
+
+def uses_autocorrelation(noise_model: str, bias_correction: bool) -> bool:
+    """Whether the model needs the spatially smoothed residual autocorrelation (the engine's
+    ``glm_autocorr`` passes): ``film`` always, ``ar1`` with the bias correction (its smoothed
+    lag-1 coefficient and sandwich variance)."""
+    return noise_model == "film" or (noise_model == "ar1" and bool(bias_correction))
 
 
 def fit_noise_model(
@@ -40,12 +48,14 @@ def fit_noise_model(
     x : ndarray, shape (N, p)
         The run's design (filtered, demeaned, no intercept).
     acf : ndarray, shape (M, V), optional
-        Smoothed raw residual autocorrelation (``film`` only).
+        Smoothed raw residual autocorrelation (``film``, and ``ar1`` with the bias correction).
     highpass_sigma : float, optional
         High-pass sigma in volumes applied to the data (``None``: no filter); enters the bias.
     bias_correction : bool
         Remove the bias that the design fit and the high-pass filter put into the residual
         autocorrelation before whitening (``False``: exactly FSL's FILM / nilearn's AR(1)).
+        For ``ar1`` this also whitens with the smoothed, corrected lag-1 coefficient and takes
+        the sandwich variance over lags 1..M (:mod:`processing.firstlevel.ar1_sandwich`).
 
     Returns
     -------
@@ -55,18 +65,32 @@ def fit_noise_model(
         return fit_ols(y, x, demean=True)
     if noise_model not in ("ar1", "film"):
         raise ValueError(f"noise_model must be 'film', 'ar1' or 'ols', got {noise_model!r}")
-    if noise_model == "film" and acf is None:
-        raise ValueError("noise_model 'film' needs the block's smoothed autocorrelation (acf)")
-    bias = None
-    if bias_correction:
-        n_lags = 1 if noise_model == "ar1" else acf.shape[0]
-        highpass = None if highpass_sigma is None else highpass_matrix(x.shape[0], highpass_sigma)
-        bias = autocorrelation_bias(x, n_lags, highpass)
+    if uses_autocorrelation(noise_model, bias_correction) and acf is None:
+        raise ValueError(
+            f"noise_model {noise_model!r} with bias_correction={bias_correction} needs the "
+            "block's smoothed autocorrelation (acf); run the glm_autocorr passes first"
+        )
+    if not bias_correction:
+        return fit_ar1(y, x, demean=True) if noise_model == "ar1" else fit_film(y, x, acf)
+    design = np.ascontiguousarray(x, dtype=np.float64)
+    bias = _autocorrelation_bias(design.tobytes(), design.shape, acf.shape[0], highpass_sigma)
+    corrected = correct_autocorrelation(acf, bias)
     if noise_model == "ar1":
-        return fit_ar1(y, x, demean=True, bias=bias)
-    if bias is not None:
-        acf = correct_autocorrelation(acf, bias)
-    return fit_film(y, x, acf, demean=True)
+        return fit_ar1(y, x, demean=True, rho=corrected[0], autocorrelation=corrected)
+    return fit_film(y, x, corrected, demean=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _autocorrelation_bias(
+    design: bytes, shape: tuple[int, int], n_lags: int, highpass_sigma: float | None
+) -> NDArray[np.float64]:
+    """:func:`autocorrelation_bias` of a design (given as bytes, so that blocks of one run
+    share one computation; it depends only on the design, the lags and the filter)."""
+    x = np.frombuffer(design, dtype=np.float64).reshape(shape)
+    highpass = None if highpass_sigma is None else highpass_matrix(shape[0], highpass_sigma)
+    bias = autocorrelation_bias(x, n_lags, highpass)
+    bias.setflags(write=False)
+    return bias
 
 
 def contrast_maps(

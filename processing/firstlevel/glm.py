@@ -19,6 +19,14 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from processing.firstlevel.ar1 import (
+    WhiteningTerms,
+    lag_products,
+    near_exact,
+    ols_lag1,
+    spectrum_is_positive,
+    whitening_terms,
+)
 from processing.firstlevel.film import (
     correct_autocorrelation,
     film_fft_length,
@@ -171,37 +179,15 @@ def fit_ols(Y: ArrayLike, X: ArrayLike, demean: bool = True) -> GLMFit:
     return GLMFit(beta, sigma2, dof, "ols", pinv @ pinv.T, demean)
 
 
-def _lag1_coefficients(
-    data: NDArray, design: NDArray[np.float64], demean: bool
-) -> NDArray[np.float64]:
-    """nilearn's Yule-Walker lag-1 coefficient of the OLS residuals, per voxel."""
-    n_scans, n_voxels = data.shape
-    pinv = np.linalg.pinv(design)
-    rho = np.empty(n_voxels)
-    for start in range(0, n_voxels, _BATCH):
-        cols = slice(start, min(start + _BATCH, n_voxels))
-        y, _ = _load(data, cols, demean)
-        resid = y - design @ (pinv @ y)
-        resid -= resid.mean(axis=0)
-        lag0 = np.einsum("nv,nv->v", resid, resid) / n_scans
-        lag1 = np.einsum("nv,nv->v", resid[1:], resid[:-1]) / (n_scans - 1)
-        rho[cols] = np.where(lag0 > 0, lag1 / np.where(lag0 > 0, lag0, 1.0), 0.0)
-    return rho
-
-
-def _ar1_whiten(series: NDArray[np.float64], rho: float) -> NDArray[np.float64]:
-    """nilearn's ARModel whitening: ``w_t = x_t - rho x_{t-1}``, first sample unchanged."""
-    out = series.copy()
-    out[1:] -= rho * series[:-1]
-    return out
-
-
 def fit_ar1(
     Y: ArrayLike,
     X: ArrayLike,
     bins: int = 100,
     demean: bool = True,
     bias: ArrayLike | None = None,
+    *,
+    rho: ArrayLike | None = None,
+    autocorrelation: ArrayLike | None = None,
 ) -> GLMFit:
     """nilearn-style AR(1) GLM: OLS residuals -> binned lag-1 coefficient -> whitened refit.
 
@@ -224,6 +210,13 @@ def fit_ar1(
         ``autocorrelation_bias(X, 1, highpass)``: removes the residual-fitting (and high-pass)
         bias of the lag-1 coefficient before binning, as :func:`correct_autocorrelation` does
         for FILM. Not in nilearn; ``None`` reproduces nilearn exactly.
+    rho : array_like, shape (V,), optional
+        Lag-1 coefficients to use instead of estimating them (e.g. the spatially smoothed,
+        bias-corrected FILM autocorrelation at lag 1); ``bias`` is then ignored.
+    autocorrelation : array_like, shape (M, V), optional
+        Noise autocorrelation at lags 1..M per voxel: the covariance of beta becomes the
+        sandwich estimate allowing for the correlation an AR(1) whitening leaves
+        (:mod:`processing.firstlevel.ar1_sandwich`); beta is unchanged. ``None``: nilearn's.
 
     Returns
     -------
@@ -235,29 +228,92 @@ def fit_ar1(
         raise ValueError(f"bins must be a positive integer, got {bins!r}")
     data, design = check_glm_inputs(Y, X)
     n_voxels, p = data.shape[1], design.shape[1]
+    if rho is not None and (np.shape(rho) != (n_voxels,) or not np.all(np.isfinite(rho))):
+        raise ValueError(f"rho must hold {n_voxels} finite coefficients, got {np.shape(rho)}")
+    acf = None if autocorrelation is None else np.asarray(autocorrelation, dtype=np.float64)
+    if acf is not None and (acf.ndim != 2 or acf.shape[1] != n_voxels):
+        raise ValueError(f"autocorrelation must be (n_lags, {n_voxels}), got {acf.shape}")
     dof = _dof_rank(design)
-    rho = _lag1_coefficients(data, design, demean)
-    if bias is not None:
-        rho = correct_autocorrelation(rho[None, :], np.asarray(bias, dtype=np.float64))[0]
-    rho = np.trunc(rho * bins) / bins
-    beta = np.empty((p, n_voxels))
-    sigma2 = np.empty(n_voxels)
-    inv_gram = np.empty((n_voxels, p, p))
-    order = np.argsort(rho, kind="stable")
-    values, firsts = np.unique(rho[order], return_index=True)
-    bounds = [*firsts.tolist(), n_voxels]
-    for value, lo, hi in zip(values, bounds[:-1], bounds[1:], strict=True):
-        design_w = _ar1_whiten(design, value)
-        pinv = np.linalg.pinv(design_w)
-        inv_gram[order[lo:hi]] = pinv @ pinv.T
-        for start in range(lo, hi, _BATCH):
-            idx = order[start : min(start + _BATCH, hi)]
-            y, scale = _load(data, idx, demean)
-            y_w = _ar1_whiten(y, value)
-            beta[:, idx] = pinv @ y_w
-            resid = y_w - design_w @ beta[:, idx]
-            sigma2[idx] = _zero_tiny(np.einsum("nv,nv->v", resid, resid), scale) / dof
-    return GLMFit(beta, sigma2, dof, "ar1", inv_gram, demean, ar1=rho)
+    pinv = np.linalg.pinv(design)
+    terms = whitening_terms(design, 0 if acf is None else acf.shape[0])
+    beta, sigma2 = np.empty((p, n_voxels)), np.empty(n_voxels)
+    inv_gram, coefficients = np.empty((n_voxels, p, p)), np.empty(n_voxels)
+    for start in range(0, n_voxels, _BATCH):
+        cols = slice(start, min(start + _BATCH, n_voxels))
+        y, scale = _load(data, cols, demean)
+        prods = lag_products(y, design)
+        if rho is None:
+            a = ols_lag1(y, design, pinv, prods)
+            if bias is not None:
+                a = correct_autocorrelation(a[None, :], np.asarray(bias, dtype=np.float64))[0]
+        else:
+            a = np.asarray(rho[cols], dtype=np.float64)
+        a = np.trunc(a * bins) / bins
+        values, inverse = np.unique(a, return_inverse=True)
+        grams = np.stack([terms.gram(v) for v in values])[inverse]
+        zw, ww = prods.whitened(a)
+        beta[:, cols] = np.einsum("vpq,qv->pv", grams, zw)
+        rss = _whitened_rss(y, design, a, beta[:, cols], zw, ww)
+        rss = _zero_tiny(rss, scale)
+        coefficients[cols] = a
+        if acf is None:
+            inv_gram[cols], sigma2[cols] = grams, rss / dof
+        else:
+            inv_gram[cols], sigma2[cols] = _sandwich(
+                terms, values, inverse, acf[:, cols], rss, grams, dof
+            )
+    return GLMFit(beta, sigma2, dof, "ar1", inv_gram, demean, ar1=coefficients)
+
+
+def _whitened_rss(
+    y: NDArray[np.float64],
+    design: NDArray[np.float64],
+    a: NDArray[np.float64],
+    beta: NDArray[np.float64],
+    zw: NDArray[np.float64],
+    ww: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """``|w - Z beta|^2`` per voxel: by subtraction, recomputed directly for near-exact fits."""
+    rss = ww - np.einsum("pv,pv->v", beta, zw)
+    redo = np.flatnonzero(near_exact(rss, ww))
+    if redo.size:
+        resid = y[:, redo] - design @ beta[:, redo]
+        resid[1:] -= a[redo] * (y[:-1, redo] - design[:-1] @ beta[:, redo])
+        rss[redo] = np.einsum("nv,nv->v", resid, resid)
+    return rss
+
+
+def _sandwich(
+    terms: WhiteningTerms,
+    values: NDArray[np.float64],
+    inverse: NDArray[np.intp],
+    acf: NDArray[np.float64],
+    rss: NDArray[np.float64],
+    grams: NDArray[np.float64],
+    dof: float,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Sandwich ``inv_gram`` and ``sigma2`` of a batch (see :mod:`.ar1_sandwich`); voxels whose
+    sandwich is not positive semi-definite keep the plain AR(1) covariance."""
+    n_voxels, p = grams.shape[0], grams.shape[1]
+    lags = np.vstack([np.ones((1, n_voxels)), acf])
+    inv_gram = np.empty((n_voxels, p * p))
+    trace = np.empty(n_voxels)
+    order = np.argsort(inverse, kind="stable")
+    bounds = np.searchsorted(inverse[order], np.arange(len(values) + 1))
+    for k, value in enumerate(values):
+        idx = order[bounds[k] : bounds[k + 1]]
+        cov, tr = terms.sandwich(float(value))
+        inv_gram[idx] = lags[:, idx].T @ cov
+        trace[idx] = tr @ lags[:, idx]
+    inv_gram = inv_gram.reshape(n_voxels, p, p)
+    ok = (trace > 0) & spectrum_is_positive(acf)
+    check = np.flatnonzero((trace > 0) & ~ok)
+    if check.size:
+        eig = np.linalg.eigvalsh(inv_gram[check])
+        ok[check] = eig[:, 0] > -1e-10 * eig[:, -1]
+    inv_gram[~ok] = grams[~ok]
+    sigma2 = np.where(ok, rss / np.where(ok, trace, 1.0), rss / dof)
+    return inv_gram, sigma2
 
 
 def _check_acf(acf: ArrayLike, n_scans: int, n_voxels: int) -> NDArray:

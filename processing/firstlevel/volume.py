@@ -17,8 +17,7 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 from processing.firstlevel.film import film_lags, residual_autocorrelation, smooth_autocorrelation
-from processing.firstlevel.fit import contrast_maps, fit_noise_model
-from processing.firstlevel.glm import fit_ols, residuals
+from processing.firstlevel.fit import contrast_maps, fit_noise_model, uses_autocorrelation
 from processing.firstlevel.model import Contrast
 
 __all__ = ["AUTOCORR_FWHM_MM", "RunMaps", "fit_run"]
@@ -94,7 +93,8 @@ def fit_run(
     bias_correction : bool
         See :func:`processing.firstlevel.fit.fit_noise_model`.
     autocorr_fwhm_mm : float
-        FWHM of FILM's spatial smoothing of the autocorrelation, in mm.
+        FWHM of the spatial smoothing of the autocorrelation (FILM; ar1 with the bias
+        correction), in mm.
     threads : int, optional
         Voxel batches fitted at once (default: one per core; numpy releases the GIL).
 
@@ -109,28 +109,36 @@ def fit_run(
             f"bold must be (N, z, y, x) on the mask's grid {brain.shape}, got shape {data.shape}"
         )
     x = np.asarray(design, dtype=np.float64)
-    y = data[:, brain]
-    acf = None
-    if noise_model == "film":
-        acf = _smoothed_autocorrelation(y, x, brain, affine, autocorr_fwhm_mm)
-
-    def fit_batch(cols: slice) -> tuple[list[str], NDArray[np.float64], float, dict[str, str]]:
-        fit = fit_noise_model(
-            noise_model,
-            y[:, cols].astype(np.float64),
-            x,
-            None if acf is None else acf[:, cols],
-            highpass_sigma=highpass_sigma,
-            bias_correction=bias_correction,
-        )
-        names, maps, undefined = contrast_maps(fit, contrasts, columns, dropped or {})
-        return names, np.stack(maps), float(fit.dof), undefined
-
+    inside = np.flatnonzero(brain.ravel())
+    y = np.take(data.reshape(data.shape[0], -1), inside, axis=1)  # faster than data[:, brain]
     batches = [
         slice(start, min(start + _VOXELS_PER_BATCH, y.shape[1]))
         for start in range(0, y.shape[1], _VOXELS_PER_BATCH)
     ]
     with ThreadPoolExecutor(max(1, min(threads or os.cpu_count() or 1, len(batches)))) as pool:
+        acf = None
+        if uses_autocorrelation(noise_model, bias_correction):
+            raw = np.zeros((film_lags(y.shape[0]), y.shape[1]))
+            pinv = np.linalg.pinv(x)
+
+            def autocorrelation_batch(cols: slice) -> None:
+                raw[:, cols] = _ols_autocorrelation(y[:, cols], x, pinv, raw.shape[0])
+
+            list(pool.map(autocorrelation_batch, batches))
+            acf = _smooth_within_mask(raw, brain, affine, autocorr_fwhm_mm)
+
+        def fit_batch(cols: slice) -> tuple[list[str], NDArray[np.float64], float, dict]:
+            fit = fit_noise_model(
+                noise_model,
+                y[:, cols],
+                x,
+                None if acf is None else acf[:, cols],
+                highpass_sigma=highpass_sigma,
+                bias_correction=bias_correction,
+            )
+            names, maps, undefined = contrast_maps(fit, contrasts, columns, dropped or {})
+            return names, np.stack(maps), float(fit.dof), undefined
+
         results = list(pool.map(fit_batch, batches))
     names: list[str] = results[0][0] if results else []
     dof = results[0][2] if results else float(x.shape[0])
@@ -138,22 +146,26 @@ def fit_run(
     values = [r[1] for r in results]
     out = np.zeros((len(names), *brain.shape), dtype=np.float32)
     if values:
-        out[:, brain] = np.concatenate(values, axis=1)
+        out.reshape(len(names), -1)[:, inside] = np.concatenate(values, axis=1)
     return RunMaps(names, out, dof, undefined)
 
 
-def _smoothed_autocorrelation(
-    y: NDArray, x: NDArray[np.float64], mask: NDArray[np.bool_], affine: ArrayLike, fwhm: float
+def _ols_autocorrelation(
+    y: NDArray, x: NDArray[np.float64], pinv: NDArray[np.float64], n_lags: int
+) -> NDArray[np.float64]:
+    """Raw autocorrelation (lags 1..n_lags) of the demeaned OLS residuals of ``y`` (N, B)."""
+    block = y.astype(np.float64)
+    if not np.all(np.isfinite(block)):
+        raise ValueError("the run holds NaN or inf inside the mask; fix the filtered data")
+    block -= block.mean(axis=0)
+    block -= x @ (pinv @ block)
+    return residual_autocorrelation(block, n_lags)
+
+
+def _smooth_within_mask(
+    raw: NDArray[np.float64], mask: NDArray[np.bool_], affine: ArrayLike, fwhm: float
 ) -> NDArray[np.float32]:
-    """FILM's raw OLS-residual autocorrelation (lags 1..M), smoothed within the mask: (M, V)."""
-    n_lags = film_lags(y.shape[0])
-    raw = np.zeros((n_lags, y.shape[1]))
-    for start in range(0, y.shape[1], _VOXELS_PER_BATCH):
-        cols = slice(start, min(start + _VOXELS_PER_BATCH, y.shape[1]))
-        block = y[:, cols].astype(np.float64)
-        raw[:, cols] = residual_autocorrelation(
-            residuals(fit_ols(block, x, demean=True), block, x), n_lags
-        )
-    maps = np.zeros((n_lags, *mask.shape), dtype=np.float32)
+    """Raw in-mask autocorrelation (M, V) smoothed spatially within the mask: (M, V)."""
+    maps = np.zeros((raw.shape[0], *mask.shape), dtype=np.float32)
     maps[:, mask] = raw
     return smooth_autocorrelation(maps, mask, affine, fwhm)[:, mask]
