@@ -18,7 +18,7 @@ from infra.storage import Store
 STYLES = {"running": "blue", "done": "green", "failed": "red", "excluded": "yellow"}
 
 
-def status_table(data: dict[str, Any], title: str, bars: bool = True) -> Table:
+def status_table(data: dict[str, Any], title: str | None, bars: bool = True) -> Table:
     """Stages x states (task counts), subjects finished per stage and a bar per stage."""
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     table.add_column("stage", no_wrap=True)
@@ -83,7 +83,8 @@ def print_status(store: Store, console: Console, failures: int = 20) -> int:
         return 0
     data = overview(tasks, failures=failures)
     title = f"{store.url}: {data['tasks']} tasks, {data['subjects']} subjects"
-    console.print(status_table(data, title, bars=console.width >= 100))
+    console.print(title, highlight=False, soft_wrap=True)  # a long store URL never wraps
+    console.print(status_table(data, None, bars=console.width >= 100))
     console.print(progress_line(data))
     for failure in data["failures"]:
         console.print(
