@@ -3,8 +3,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO   ?= demo-output
-# Tests run on one pytest-xdist worker per core; each module stays on one worker (tests/conftest.py).
-PYTEST_ARGS ?= -n auto --dist loadgroup
+# Tests run on one pytest-xdist worker per core; each module stays on one worker (its module
+# fixtures are built once). Each worker that needs SLURM starts its own (free ports, own dirs).
+PYTEST_ARGS ?= -n auto --dist loadfile
 PIP_INSTALL := $(BIN)/pip install --disable-pip-version-check -q -c constraints.txt
 
 .PHONY: demo test install install-dev lint clean system-deps

@@ -166,13 +166,3 @@ def s3_server(tmp_path_factory):
     proc.terminate()
     proc.wait(timeout=10)
 
-
-def pytest_collection_modifyitems(config, items) -> None:
-    """Under pytest-xdist (``--dist loadgroup``), keep each module on one worker (its
-    module-scoped fixtures are built once) and every module that starts the single-node SLURM on
-    the same worker (one slurmctld at a time)."""
-    uses_slurm = {item.module.__name__ for item in items if "slurm" in item.fixturenames}
-    for item in items:
-        module = item.module.__name__
-        group = "slurm" if module in uses_slurm else module
-        item.add_marker(pytest.mark.xdist_group(group))
