@@ -110,19 +110,25 @@ def fit_run(
         )
     x = np.asarray(design, dtype=np.float64)
     inside = np.flatnonzero(brain.ravel())
-    y = np.take(data.reshape(data.shape[0], -1), inside, axis=1)  # faster than data[:, brain]
+    series = data.reshape(data.shape[0], -1)
+    n_scans, n_voxels = data.shape[0], inside.size
+
+    def voxels(cols: slice) -> NDArray:
+        # gathered per batch: no whole (N, V) copy to page in, and np.take beats data[:, mask]
+        return np.take(series, inside[cols], axis=1)
+
     batches = [
-        slice(start, min(start + _VOXELS_PER_BATCH, y.shape[1]))
-        for start in range(0, y.shape[1], _VOXELS_PER_BATCH)
+        slice(start, min(start + _VOXELS_PER_BATCH, n_voxels))
+        for start in range(0, n_voxels, _VOXELS_PER_BATCH)
     ]
     with ThreadPoolExecutor(max(1, min(threads or os.cpu_count() or 1, len(batches)))) as pool:
         acf = None
         if uses_autocorrelation(noise_model, bias_correction):
-            raw = np.zeros((film_lags(y.shape[0]), y.shape[1]))
+            raw = np.zeros((film_lags(n_scans), n_voxels))
             pinv = np.linalg.pinv(x)
 
             def autocorrelation_batch(cols: slice) -> None:
-                raw[:, cols] = _ols_autocorrelation(y[:, cols], x, pinv, raw.shape[0])
+                raw[:, cols] = _ols_autocorrelation(voxels(cols), x, pinv, raw.shape[0])
 
             list(pool.map(autocorrelation_batch, batches))
             acf = _smooth_within_mask(raw, brain, affine, autocorr_fwhm_mm)
@@ -130,7 +136,7 @@ def fit_run(
         def fit_batch(cols: slice) -> tuple[list[str], NDArray[np.float64], float, dict]:
             fit = fit_noise_model(
                 noise_model,
-                y[:, cols],
+                voxels(cols),
                 x,
                 None if acf is None else acf[:, cols],
                 highpass_sigma=highpass_sigma,
