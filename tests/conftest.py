@@ -165,4 +165,3 @@ def s3_server(tmp_path_factory):
             os.environ[key] = value
     proc.terminate()
     proc.wait(timeout=10)
-
