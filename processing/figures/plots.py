@@ -59,12 +59,7 @@ def save_scatter_png(
     ax.set_xlabel(xlabel, fontsize=8)
     ax.set_ylabel(ylabel, fontsize=8)
     ax.tick_params(labelsize=7)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(fig, path)
 
 
 def save_design_matrix_png(
@@ -121,6 +116,13 @@ def save_design_matrix_png(
     ax.xaxis.tick_top()
     ax.set_yticks(np.arange(n_rows), [str(r) for r in rows], fontsize=7)
     ax.set_title(title, fontsize=8, pad=24)
+    return _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> Path:
+    """Lay out, write (creating the folder) and close ``fig``; returns the path written."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
