@@ -135,6 +135,19 @@ def _group(ran: Ran, facts: Mapping[str, Any]) -> list[str]:
     return out
 
 
+def _row_permutations(facts: Mapping[str, Any]) -> str:
+    rows, blocks = facts.get("row_permutations", 0), facts.get("within_blocks", 0)
+    if not rows:
+        return ""
+    text = (
+        f"; {rows} analys{'is' if rows == 1 else 'es'} whose contrast is not a mean (covariate "
+        "slopes, group differences) permuted rows of the Freedman-Lane residuals instead"
+    )
+    if blocks:
+        text += f", {blocks} of them only within exchangeability blocks (the variance groups)"
+    return text
+
+
 def _inference(ran: Ran, facts: Mapping[str, Any]) -> str:
     g = "group_inference"
     method = _v(ran, g, "boldcloud.inference.method")
@@ -154,6 +167,7 @@ def _inference(ran: Ran, facts: Mapping[str, Any]) -> str:
             f"Inference was by permutation: {n} random sign flips of the OLS t statistic"
             + (f" (seed {seed})" if seed is not None else "")
             + (f", exhaustive where 2^N is smaller ({used})" if used else "")
+            + _row_permutations(facts)
             + f"; {stat} FWE-corrected P < {p} at a cluster-forming threshold Z > {z}, "
             f"{sides}."
         )
@@ -217,8 +231,10 @@ def methods_paragraph(
         records (a stage that declares no parameters maps to ``{}``).
     facts : mapping, optional
         ``template`` (e.g. ``"MNI152NLin2009aSym 2 mm"``), ``paired`` (bool), ``exhaustive``
-        (list of ``(N, permutations)`` pairs of analyses with exhaustive sign flips) and
-        ``coordinates`` (number of study-file ROI coordinates).
+        (list of ``(N, permutations)`` pairs of analyses with exhaustive sign flips),
+        ``row_permutations`` and ``within_blocks`` (numbers of analyses with Freedman-Lane row
+        permutations, and of those within exchangeability blocks) and ``coordinates`` (number
+        of study-file ROI coordinates).
     versions : mapping, optional
         Package -> version, listed at the end.
 

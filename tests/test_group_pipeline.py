@@ -378,7 +378,7 @@ def _covariate_study(out):
     keep = [e for e in doc["model"]["Edges"] if not e["Destination"].startswith("group")]
     doc["model"]["Edges"] = keep
     doc["model"]["Edges"].append({"Source": "session", "Destination": "ageBySession"})
-    doc["boldcloud"]["group_level"]["contrasts"] = ["P40vsP0"]
+    doc["boldcloud"]["group_level"].update({"contrasts": ["P40vsP0"], "variance_groups": "scanner"})
     doc["boldcloud"]["inference"].update({"n_permutations": 40, "batch_size": 40})
     doc["boldcloud"]["roi"]["maps"] = []
     path.write_text(yaml.safe_dump(doc, sort_keys=False))
@@ -388,13 +388,15 @@ def _covariate_study(out):
 
 
 def test_a_covariate_study_runs_with_freedman_lane_and_drops_a_missing_score(upstream):
-    """participants.tsv age as a covariate (sub-03's age missing): planned, stacked, fitted and
-    permuted (rows, Freedman-Lane); sub-03 is left out with a record warning saying why."""
+    """participants.tsv age as a covariate (sub-03's age missing) and a two-level scanner column
+    as variance groups: planned, stacked, fitted and permuted (rows, Freedman-Lane, within the
+    scanner groups); sub-03 is left out with a record warning saying why."""
     out, _, _, store = upstream
     study = _covariate_study(out)
     dataset = discover(study.dataset_url, study.tasks)
     participants = dataset.participants.copy()
     participants.loc[participants.participant_id == "sub-03", "age"] = np.nan
+    participants["scanner"] = ["A" if i % 2 else "B" for i in range(len(participants))]
     dataset.participants = participants
     executor = make_executor("inprocess")
     stages = ["group_stack", "group_fit", "group_permutation", "group_inference"]
@@ -414,7 +416,7 @@ def test_a_covariate_study_runs_with_freedman_lane_and_drops_a_missing_score(ups
     ages = participants.set_index("participant_id").loc[[f"sub-{s}" for s in design["subjects"]]]
     np.testing.assert_allclose([r[1] for r in design["matrix"]], ages.age - ages.age.mean())
     block = next(r for u, r in _records(store, "group_fit").items() if u.startswith(label))
-    assert block.state == "done" and block.outputs["dof"] == 5  # 7 subjects - 2 regressors
+    assert block.state == "done" and block.outputs["ols_dof"] == 5  # 7 subjects - 2 regressors
     sel = tuple(slice(a, b) for a, b in block.outputs["block"])
     effect = read_array(store, stack.outputs["effect"], (slice(None), *sel)).reshape(7, -1)
     maps = read_array(store, block.outputs["maps"]).reshape(len(block.outputs["names"]), -1)
@@ -428,6 +430,8 @@ def test_a_covariate_study_runs_with_freedman_lane_and_drops_a_missing_score(ups
     inference = _records(store, "group_inference")[label]
     assert inference.state == "done" and inference.outputs["inference"]["n_permutations"] == 40
     assert inference.outputs["inference"]["rearrangement"] == "rows"
+    assert sorted(design["group_names"]) == ["A", "B"]
+    assert sorted(inference.outputs["inference"]["exchangeability_blocks"]) == ["A", "B"]
 
 
 # ---------------------------------------------------------------- boldcloud report + Chromium

@@ -33,6 +33,7 @@ from processing.group.designs import GroupDesign
 from processing.group.flame import flame1, ols
 from processing.group.model import GroupAnalysis, group_analyses
 from processing.group.permutation import make_permutations, permutation_batch
+from processing.group.rearrangements import count_rearrangements
 from processing.group.tfce import tfce_step
 from processing.stages import stage
 
@@ -153,12 +154,13 @@ def run_group_fit(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- group_permutation
-def permutation_plan(
-    n: int, n_perm: int, batch_size: int, kind: str = "sign"
-) -> tuple[int, int, bool]:
-    """``(n_total, n_batches, exhaustive)`` of sign flipping (``kind="sign"``) or permuting
-    (``"rows"``) ``n`` rows."""
-    available = 2**n if kind == "sign" else math.factorial(n)
+def permutation_plan(stack: dict, n_perm: int, batch_size: int) -> tuple[int, int, bool]:
+    """``(n_total, n_batches, exhaustive)`` of the rearrangements of a ``group_stack`` record's
+    outputs (sign flips or row permutations within its exchangeability blocks)."""
+    design, _ = design_of(stack["design"])
+    kind = stack["design"].get("permutation", "sign")
+    blocks = exchangeability_blocks(design, kind)
+    available = count_rearrangements(design.n_subjects, kind, blocks)
     total = available if available <= n_perm else int(n_perm)
     return total, max(1, math.ceil(total / batch_size)), available <= n_perm
 
@@ -185,9 +187,8 @@ def plan_group_permutation(ctx: PlanContext) -> StagePlan:
             units.append(Unit(analysis.label, None, None, {}, {}, excluded=why))
             continue
         _, n_batches, _ = permutation_plan(
-            rec.outputs["n"], params["n_permutations"], params["batch_size"],
-            rec.outputs["design"].get("permutation", "sign"),
-        )  # fmt: skip
+            rec.outputs, params["n_permutations"], params["batch_size"]
+        )
         for b in range(n_batches):
             payload = {"stack": rec.outputs, "batch": b, "n_batches": n_batches, **params}
             upstream = {"group_stack": rec.key, "batch": f"{b}/{n_batches}"}
@@ -210,10 +211,11 @@ def run_group_permutation(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
     store, p = Store(spec.store_url), spec.payload
     design, contrast = design_of(p["stack"]["design"])
     data, mask = in_mask_data(store, p["stack"])
+    kind = p["stack"]["design"].get("permutation", "sign")
+    blocks = exchangeability_blocks(design, kind)
     perms = make_permutations(
-        design.n_subjects, p["n_permutations"], seed=p["seed"],
-        kind=p["stack"]["design"].get("permutation", "sign"),
-        batch=p["batch"], n_batches=p["n_batches"],
+        design.n_subjects, p["n_permutations"], seed=p["seed"], kind=kind,
+        batch=p["batch"], n_batches=p["n_batches"], blocks=blocks,
     )  # fmt: skip
     sides = SIDES if p["two_sided"] else SIDES[:1]
     observed = ols(data, design, contrast).t if p["tfce"] else None
@@ -229,14 +231,26 @@ def run_group_permutation(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
             maxima[side]["tfce_dh"] = dh
     key = f"{p['out']}/maxima.json"
     store.write_json(key, maxima)
+    block_names = None if blocks is None else list(design.group_names)
     return {"maxima": key, "batch": p["batch"], "n_batches": p["n_batches"],
             "n_total": perms.n_total, "exhaustive": perms.exhaustive,
-            "permutations": int(perms.indices.size)}  # fmt: skip
+            "permutations": int(perms.indices.size),
+            "exchangeability_blocks": block_names}  # fmt: skip
+
+
+def exchangeability_blocks(design: GroupDesign, kind: str) -> np.ndarray | None:
+    """Row permutations stay within the design's variance groups (randomise's ``-e`` blocks):
+    rows with different error variances are not exchangeable. ``None`` for sign flips or a
+    single group."""
+    if kind != "rows" or len(design.group_names) < 2:
+        return None
+    return design.variance_groups
 
 
 __all__ = [
     "analyses",
     "design_of",
+    "exchangeability_blocks",
     "in_mask_data",
     "permutation_plan",
     "plan_group_fit",

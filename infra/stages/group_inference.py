@@ -82,10 +82,9 @@ def plan_group_inference(ctx: PlanContext) -> StagePlan:
         batches: list = []
         if method == "permutation":
             _, n_batches, _ = permutation_plan(
-                rec.outputs["n"],
+                rec.outputs,
                 int(ctx.param("boldcloud.inference.n_permutations")),
                 int(ctx.param("boldcloud.inference.batch_size")),
-                rec.outputs["design"].get("permutation", "sign"),
             )
             batches = [perms.get(f"{analysis.label}_batch-{b:04d}") for b in range(n_batches)]
             if any(
@@ -192,10 +191,11 @@ def run_group_inference(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
             null_max={s: nulls[s][f"max_{measure}"] for s in sides}, measure=measure,
             mass_map=maps["ols_t"].T.astype(np.float64), mass_threshold=t_thr,
         )  # fmt: skip
-        info.update(n_permutations=int(p["batches"][0]["n_total"]),
-                    exhaustive=bool(p["batches"][0]["exhaustive"]),
+        first = p["batches"][0]
+        info.update(n_permutations=int(first["n_total"]), exhaustive=bool(first["exhaustive"]),
                     cluster_forming_t=t_thr, statistic_map="ols",
-                    rearrangement=stack["design"].get("permutation", "sign"))  # fmt: skip
+                    rearrangement=stack["design"].get("permutation", "sign"),
+                    exchangeability_blocks=first.get("exchangeability_blocks"))  # fmt: skip
         files.update(_voxelwise(store, p, maps, mask, nulls, sides, ents, affine, base_side))
     elif p["method"] == "grf":
         data, _ = in_mask_data(store, stack)

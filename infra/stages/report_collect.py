@@ -133,10 +133,13 @@ def _facts(ctx: PlanContext, shown: list[dict[str, Any]], roi: dict[str, Any]) -
         template += f" {step:g} mm"
     exhaustive = sorted({(a["outputs"]["n"], a["outputs"]["inference"]["n_permutations"])
                          for a in done if a["outputs"]["inference"].get("exhaustive")})  # fmt: skip
+    inference = [a["outputs"]["inference"] for a in done]
     return {
         "template": template,
         "paired": any(a["outputs"]["analysis"].get("kind") == "paired" for a in done),
         "exhaustive": [list(pair) for pair in exhaustive],
+        "row_permutations": sum(i.get("rearrangement") == "rows" for i in inference),
+        "within_blocks": sum(bool(i.get("exchangeability_blocks")) for i in inference),
         "coordinates": sum(r.get("source") == "study file" for r in roi.get("rois", [])),
     }
 

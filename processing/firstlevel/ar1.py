@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 _NEAR_EXACT = 1e-8  # RSS below this fraction of w'w is recomputed from the residuals
-_SPECTRUM_POINTS = 128  # frequencies on [0, pi] for the positive-spectrum test
+_SPECTRUM_POINTS = 48  # frequencies on [0, pi] of the positive-spectrum test's first grid
 _TERMS: dict[tuple, WhiteningTerms] = {}  # see whitening_terms
 
 
@@ -146,21 +146,25 @@ class WhiteningTerms:
 def spectrum_is_positive(acf: NDArray[np.float64]) -> NDArray[np.bool_]:
     """Voxels whose autocorrelation (M, V) (lags 1..M, 0 beyond) is a positive-definite sequence.
 
-    The spectrum ``S(w) = 1 + 2 sum_k acf_k cos(k w)`` is evaluated on a grid of [0, pi]; a voxel
-    passes when its smallest value exceeds the most ``S`` can dip between grid points
-    (``|S'| <= 2 sum_k k |acf_k|`` times half the spacing). Then its Toeplitz matrix, and any
-    ``Q' V Q``, is positive semi-definite. Voxels positive on the coarse grid whose bound is not
-    met are tried again on a grid 8 times finer. Voxels failing are not necessarily indefinite:
-    callers check them exactly.
+    The spectrum ``S(w) = 1 + 2 sum_k acf_k cos(k w)`` is evaluated on a grid of [0, pi] with
+    spacing ``h``; a voxel passes when its smallest value exceeds the most ``S`` can dip between
+    two grid points: ``h/2 max|S'|`` and ``h^2/8 max|S''|`` (below the chord), with
+    ``|S'| <= 2 sum_k k |acf_k|`` and ``|S''| <= 2 sum_k k^2 |acf_k|``; the smaller bound is used.
+    Then its Toeplitz matrix, and any ``Q' V Q``, is positive semi-definite. Voxels positive on
+    the coarse grid whose bound is not met are tried again on a grid 8 times finer. Voxels
+    failing are not necessarily indefinite: callers check them exactly.
     """
-    lags = np.arange(1, acf.shape[0] + 1)
-    weight = 2.0 * (lags @ np.abs(acf))  # bound on |S'|
+    lags = np.arange(1, acf.shape[0] + 1, dtype=np.float64)
+    magnitude = np.abs(acf)
+    slope, curvature = 2.0 * (lags @ magnitude), 2.0 * (lags**2 @ magnitude)
     passed = np.zeros(acf.shape[1], dtype=bool)
     todo = np.arange(acf.shape[1])
     for points in (_SPECTRUM_POINTS, 8 * _SPECTRUM_POINTS):
         freqs = np.linspace(0.0, np.pi, points)
-        lowest = (1.0 + 2.0 * (np.cos(np.outer(freqs, lags)) @ acf[:, todo])).min(axis=0)
-        slack = np.pi / (points - 1) / 2 * weight[todo]
+        block = acf if todo.size == acf.shape[1] else acf[:, todo]
+        lowest = 1.0 + 2.0 * (np.cos(np.outer(freqs, lags)) @ block).min(axis=0)
+        step = np.pi / (points - 1)
+        slack = np.minimum(step / 2 * slope[todo], step**2 / 8 * curvature[todo])
         passed[todo[lowest > slack]] = True
         todo = todo[(lowest > 0) & (lowest <= slack)]
         if not todo.size:

@@ -5,21 +5,13 @@ Statistic
     FLAME1 map is reported beside it but its variance estimate is not permuted). The clusters of
     the observed map are formed on the same OLS t.
 
-Rearrangements
-    * Sign flipping (one-sample and paired differences; errors assumed symmetric): exhaustive
-      when ``2^N <= n_perm`` (all ``2^N`` sign vectors, permutation ``k`` flips the rows whose bit
-      is set in ``k``), otherwise ``n_perm`` random sign vectors.
-    * Row permutation (designs whose effect of interest is not a mean, e.g. a covariate or a
-      two-group difference; errors assumed exchangeable): exhaustive when ``N! <= n_perm``,
-      otherwise random.
-    * Nuisance regressors are handled by Freedman-Lane: the design is partitioned so that the
-      nuisance space is ``{X b : c b = 0}`` (Beckmann/Winkler partitioning), the residuals ``R``
-      of the data on the nuisance space are rearranged and the full model is refitted. With no
-      nuisance (a one-sample mean) this is plain sign flipping of the data.
-
-    Permutation 0 is always the identity (the observed labelling counts as one permutation);
-    random permutation ``k >= 1`` is drawn from ``numpy.random.default_rng([seed, k])``, so it
-    does not depend on how the ``n_perm`` permutations are split into batches.
+Rearrangements (:mod:`processing.group.rearrangements`)
+    Sign flips for designs testing a mean, row permutations (optionally within exchangeability
+    blocks) otherwise. Nuisance regressors are handled by Freedman-Lane: the design is
+    partitioned so that the nuisance space is ``{X b : c b = 0}`` (Beckmann/Winkler
+    partitioning), the residuals ``R`` of the data on the nuisance space are rearranged and the
+    full model is refitted. With no nuisance (a one-sample mean) this is plain sign flipping of
+    the data.
 
 Matrix form
     With ``Q`` an orthonormal basis of the design (N, p) and ``P_k`` the k-th rearrangement,
@@ -37,7 +29,6 @@ FSL writes ``1 - p`` images, boldcloud writes p.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +37,7 @@ from scipy import linalg, sparse, stats
 from scipy.sparse import csgraph
 
 from processing.group.designs import GroupDesign, check_design
+from processing.group.rearrangements import Permutations, make_permutations
 from processing.group.tfce import MaskGraph, connectivity_structure, tfce_masked
 
 __all__ = [
@@ -60,98 +52,6 @@ __all__ = [
     "permuted_t",
     "prepare_model",
 ]
-
-
-@dataclass(frozen=True)
-class Permutations:
-    """A batch of rearrangements of N rows.
-
-    Attributes
-    ----------
-    signs : ndarray of float64, shape (K, N)
-        +-1 per row.
-    orders : ndarray of int64, shape (K, N)
-        Row ``i`` of the rearranged data is ``signs[k, i] * data[orders[k, i]]``.
-    indices : ndarray of int64, shape (K,)
-        Global permutation numbers (0 = identity).
-    n_total : int
-        Number of permutations in the whole set (all batches).
-    exhaustive : bool
-        Whether the whole set enumerates every rearrangement.
-    """
-
-    signs: NDArray[np.float64]
-    orders: NDArray[np.int64]
-    indices: NDArray[np.int64]
-    n_total: int
-    exhaustive: bool
-
-
-def _nth_permutation(k: int, n: int) -> list[int]:
-    """k-th permutation of range(n) in lexicographic order (k = 0 is the identity)."""
-    items, out = list(range(n)), []
-    for i in range(n, 0, -1):
-        f = math.factorial(i - 1)
-        out.append(items.pop(k // f))
-        k %= f
-    return out
-
-
-def make_permutations(
-    n_subjects: int,
-    n_perm: int = 5000,
-    *,
-    kind: str = "sign",
-    seed: int = 0,
-    batch: int = 0,
-    n_batches: int = 1,
-) -> Permutations:
-    """Permutations of batch ``batch`` of ``n_batches``, deterministic given ``seed``.
-
-    Parameters
-    ----------
-    n_subjects : int
-        N, rows of the design.
-    n_perm : int
-        Permutations requested (identity included); fewer when the exhaustive set is smaller.
-    kind : {"sign", "rows"}
-        Sign flipping or row permutation (module docstring).
-    seed : int
-        Seed of the random set (ignored when exhaustive).
-    batch, n_batches : int
-        Which contiguous slice of the set to return (``numpy.array_split`` of 0..K-1).
-
-    Returns
-    -------
-    Permutations
-    """
-    n = int(n_subjects)
-    if kind not in ("sign", "rows"):
-        raise ValueError(f"kind must be 'sign' or 'rows', got {kind!r}")
-    if n_perm < 1:
-        raise ValueError(f"n_perm must be >= 1, got {n_perm}")
-    if not 0 <= batch < n_batches:
-        raise ValueError(f"batch {batch} out of range for {n_batches} batches")
-    available = 2**n if kind == "sign" else math.factorial(n)
-    exhaustive = available <= n_perm
-    total = available if exhaustive else int(n_perm)
-    idx = np.array_split(np.arange(total, dtype=np.int64), n_batches)[batch]
-    signs = np.ones((idx.size, n))
-    orders = np.tile(np.arange(n, dtype=np.int64), (idx.size, 1))
-    for row, k in enumerate(idx.tolist()):
-        if k == 0:
-            continue
-        if kind == "sign":
-            if exhaustive:
-                bits = (k >> np.arange(n)) & 1
-            else:
-                bits = np.random.default_rng([seed, k]).integers(0, 2, size=n)
-            signs[row] = 1.0 - 2.0 * bits
-        elif exhaustive:
-            orders[row] = _nth_permutation(k, n)
-        else:
-            orders[row] = np.random.default_rng([seed, k]).permutation(n)
-    return Permutations(signs, orders, idx, total, exhaustive)
 
 
 @dataclass(frozen=True)
