@@ -97,18 +97,41 @@ def _condition_issues(study: Study, dataset: Dataset) -> list[Issue]:
 
 
 def _participant_issues(study: Study, dataset: Dataset) -> list[Issue]:
+    issues = []
     column = study.get("boldcloud.group_level.variance_groups")
-    if not column:
-        return []
     table = dataset.participants
-    if table is None or column not in table.columns:
+    if column and (table is None or column not in table.columns):
         have = [] if table is None else list(table.columns)
-        return [
+        issues.append(
             Issue(
                 study.path,
                 "boldcloud.group_level.variance_groups",
                 f"participants.tsv has no column {column!r} (columns: {have}).",
                 "name an existing participants.tsv column or use null.",
             )
-        ]
-    return []
+        )
+    return issues + _dataset_variable_issues(study, dataset)
+
+
+def _dataset_variable_issues(study: Study, dataset: Dataset) -> list[Issue]:
+    """Every Model.X variable of a Dataset node must be a participants/phenotype column."""
+    tables = [dataset.participants, *dataset.phenotype.values()]
+    columns = {str(c) for t in tables if t is not None for c in t.columns}
+    columns -= {"participant_id", "session_id"}
+    issues = []
+    for i, node in enumerate(study.get("model.Nodes") or []):
+        if node.get("Level") != "Dataset":
+            continue
+        for name in (node.get("Model") or {}).get("X") or []:
+            if str(name) in ("1", "intercept") or str(name) in columns:
+                continue
+            issues.append(
+                Issue(
+                    study.path,
+                    f"model.Nodes.{i}.Model.X",
+                    f"Dataset node {node.get('Name')!r} uses {name!r}, which is not a column of "
+                    f"participants.tsv or phenotype/*.tsv (columns: {sorted(columns)}).",
+                    "fix the name or add the column to participants.tsv.",
+                )
+            )
+    return issues

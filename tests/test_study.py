@@ -97,7 +97,14 @@ def test_cli_validate_checks_the_dataset_too(tmp_path):
                     "Name": "run",
                     "Model": {"X": ["A", "C", "trans_x"]},
                     "Contrasts": [{"Name": "A", "ConditionList": ["A"], "Weights": [1]}],
-                }
+                },
+                {
+                    "Level": "Dataset",
+                    "Name": "byAge",
+                    "GroupBy": ["contrast"],
+                    "Model": {"Type": "glm", "X": [1, "agee"]},
+                    "Contrasts": [{"Name": "age", "ConditionList": ["agee"], "Weights": [1]}],
+                },
             ],
         },
     }
@@ -111,4 +118,5 @@ def test_cli_validate_checks_the_dataset_too(tmp_path):
     assert "sub-01_ses-pre_task-demo_run-2_events.tsv: events: " in result.stdout
     assert "missing column(s) ['duration', 'trial_type']" in result.stdout
     assert "'C' is neither a trial_type" in result.stdout
-    assert "2 error(s)" in result.stdout
+    assert "Dataset node 'byAge' uses 'agee', which is not a column" in result.stdout
+    assert "3 error(s)" in result.stdout

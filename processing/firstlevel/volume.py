@@ -8,6 +8,7 @@ first-level benchmark times against nilearn, and what the engine's output is tes
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
+from threadpoolctl import threadpool_limits
 
 from processing.firstlevel.film import film_lags, residual_autocorrelation, smooth_autocorrelation
 from processing.firstlevel.fit import contrast_maps, fit_noise_model, uses_autocorrelation
@@ -121,7 +123,10 @@ def fit_run(
         slice(start, min(start + _VOXELS_PER_BATCH, n_voxels))
         for start in range(0, n_voxels, _VOXELS_PER_BATCH)
     ]
-    with ThreadPoolExecutor(max(1, min(threads or os.cpu_count() or 1, len(batches)))) as pool:
+    workers = max(1, min(threads or os.cpu_count() or 1, len(batches)))
+    # one BLAS thread per batch thread: nested BLAS threads oversubscribe the cores
+    blas = threadpool_limits(1, user_api="blas") if workers > 1 else contextlib.nullcontext()
+    with blas, ThreadPoolExecutor(workers) as pool:
         acf = None
         if uses_autocorrelation(noise_model, bias_correction):
             raw = np.zeros((film_lags(n_scans), n_voxels))
