@@ -137,8 +137,9 @@ def _fake_upstream(bids, store: Store, dataset) -> None:
             rec.state = "done"
             failed = sub == f"sub-{FAILED_QC}"
             rec.outputs = {"sessions": subjects[sub], "failed": failed, "space": template.space}
-            if failed:
+            if failed:  # as the normalise stage records a QC failure
                 rec.reason = "registration failed QC: Dice 0.61 < 0.85"
+                rec.warnings.append(rec.reason + " (maps written for inspection, not used)")
         manifest.put(rec)
 
 
@@ -494,6 +495,7 @@ def test_report_opens_in_chromium_with_every_section(cli_report):
     assert rows["table.cohort tbody tr"] == N_SUBJECTS
     assert rows["table.excluded-runs tbody tr"] >= 2 and rows["table.excluded-sessions tbody tr"]
     assert rows["table.motion tbody tr"] >= 30
+    assert rows["table.warnings tbody tr"] >= 1  # the failed registration's record warning
     assert rows["section#designs img"] >= 1 + 6  # first level + one group design per analysis
     assert rows["section#group img"] >= 4 and rows["section#group .clusters tbody tr"] >= 2
     assert rows["section#roi table"] == 3 and rows["section#roi tbody tr"] >= 3
@@ -507,7 +509,8 @@ def test_report_opens_in_chromium_with_every_section(cli_report):
 
 
 ROW_SELECTORS = (
-    "table.cohort tbody tr", "table.excluded-runs tbody tr", "table.excluded-sessions tbody tr",
+    "table.warnings tbody tr", "table.cohort tbody tr", "table.excluded-runs tbody tr",
+    "table.excluded-sessions tbody tr",
     "table.motion tbody tr", "section#designs img", "section#group img",
     "section#group .clusters tbody tr", "section#roi table", "section#roi tbody tr",
     "section#roi img.scatter", "section#clinical table", "section#clinical tbody tr",

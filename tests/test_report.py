@@ -57,6 +57,14 @@ def test_methods_paragraph_describes_what_ran_and_only_that():
     assert "ordinary least squares" in text and "Gaussian random field" in text
 
 
+def test_methods_paragraph_names_row_permutations_and_blocks():
+    facts = {"row_permutations": 2, "within_blocks": 1}
+    text = methods_paragraph(RAN, facts)
+    assert "2 analyses whose contrast is not a mean" in text
+    assert "Freedman-Lane residuals" in text and "1 of them only within exchangeability" in text
+    assert "Freedman-Lane" not in methods_paragraph(RAN, {})
+
+
 def test_slice_montage_draws_overlay_and_outlines(tmp_path):
     rng = np.random.default_rng(0)
     background = rng.random((12, 14, 16)).astype(np.float32)

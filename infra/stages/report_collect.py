@@ -83,6 +83,25 @@ def _cohort(ctx: PlanContext) -> dict[str, Any]:
     }  # fmt: skip
 
 
+# stages whose records carry warnings a reader of the results should see
+WARNING_STAGES = ("ingest", "design", "glm_maps", "fixed_effects", "normalise", "group_stack")
+MAX_WARNINGS = 200
+
+
+def _warnings(ctx: PlanContext) -> dict[str, Any]:
+    """Warnings of this study's finished records, ``{"rows": [[stage, unit, text]], "more": n}``;
+    identical texts of one stage and unit are shown once, and at most MAX_WARNINGS rows."""
+    relevant = _in_study(ctx)
+    rows = [
+        [name, unit, text]
+        for name in WARNING_STAGES
+        for unit, rec in sorted(ctx.done(name).items())
+        if relevant(unit)
+        for text in dict.fromkeys(rec.warnings)
+    ]
+    return {"rows": rows[:MAX_WARNINGS], "more": max(0, len(rows) - MAX_WARNINGS)}
+
+
 def _runs(ctx: PlanContext) -> dict[str, Any]:
     """Run and session exclusions (filter/preprocess and motion records) with reasons."""
     runs = set(ctx.run_keys())
@@ -155,7 +174,8 @@ def report_payload(ctx: PlanContext) -> dict[str, Any]:
     Returns
     -------
     dict
-        ``study``, ``subjects``, ``runs``, ``motion``, ``designs``, ``analyses``, ``roi``,
+        ``study``, ``subjects``, ``runs``, ``warnings``, ``motion``, ``designs``, ``analyses``,
+        ``roi``,
         ``ran`` (:func:`ran_parameters`), ``facts`` and ``software`` (versions recorded by
         ``group_roi``, or None). Unfinished parts are marked, never computed.
     """
@@ -171,6 +191,7 @@ def report_payload(ctx: PlanContext) -> dict[str, Any]:
         "study": ctx.study.name if ctx.study is not None else "study",
         "subjects": _cohort(ctx),
         "runs": _runs(ctx),
+        "warnings": _warnings(ctx),
         "motion": _motion(ctx),
         "designs": _designs(ctx),
         "analyses": shown,

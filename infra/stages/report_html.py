@@ -129,7 +129,8 @@ def render_report(store: Store, p: dict[str, Any]) -> dict[str, Any]:
     env = jinja2.Environment(autoescape=True, undefined=jinja2.ChainableUndefined)
     page = env.from_string(TEMPLATE).render(
         study=p["study"], generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        versions=versions, subjects=p["subjects"], runs=p["runs"], motion=p["motion"],
+        versions=versions, subjects=p["subjects"], runs=p["runs"],
+        warnings=p.get("warnings"), motion=p["motion"],
         motion_summary=_motion_summary(p["motion"]), designs=designs, analyses=shown,
         roi_tables=wrap, roi_reason=roi.get("reason") or "no significant cluster in the ROI maps",
         scatter=scatter, clinical_tables=[{**t, "html": Markup(t["html"])} for t in clinical],

@@ -33,7 +33,12 @@ img{max-width:100%;border:1px solid #ddd}.muted{color:#777}.ex{color:#a33}
 {% if runs.sessions_excluded %}<h3>Excluded sessions</h3><table class="excluded-sessions"><thead>
 <tr><th class="l">session</th><th class="l">reason</th></tr></thead><tbody>
 {% for r, why in runs.sessions_excluded|dictsort %}<tr><td class="l">{{ r }}</td><td class="l">{{ why }}</td></tr>
-{% endfor %}</tbody></table>{% endif %}</section>
+{% endfor %}</tbody></table>{% endif %}
+{% if warnings and warnings.rows %}<h3>Warnings</h3><table class="warnings"><thead><tr>
+<th class="l">stage</th><th class="l">unit</th><th class="l">warning</th></tr></thead><tbody>
+{% for stage, unit, text in warnings.rows %}<tr><td class="l">{{ stage }}</td><td class="l">{{ unit }}</td>
+<td class="l">{{ text }}</td></tr>{% endfor %}</tbody></table>
+{% if warnings.more %}<p class="muted">and {{ warnings.more }} more (see the manifest records).</p>{% endif %}{% endif %}</section>
 
 <section id="motion"><h2>Motion QC</h2>
 {% if motion %}<p>{{ motion_summary.n }} run(s): median of the per-run maximum framewise
