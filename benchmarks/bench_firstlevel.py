@@ -15,6 +15,7 @@ Peak memory is ``ru_maxrss`` of the child (in-process variants) or the largest w
 sampled every 50 ms (Dask), minus nothing: these are absolute peaks.
 
     .venv/bin/python benchmarks/bench_firstlevel.py [--keep /tmp/bench-firstlevel] [--repeats 1]
+        [--modes boldcloud-ar1-memory,boldcloud-film-memory]
 """
 
 from __future__ import annotations
@@ -197,20 +198,34 @@ def measure(mode: str, folder: Path, repeats: int) -> dict:
     }
 
 
+MODES = (
+    "nilearn-ar1",
+    "boldcloud-ar1-memory",
+    "boldcloud-film-memory",
+    "boldcloud-ar1-1proc",
+    "boldcloud-film-1proc",
+    "boldcloud-ar1-dask2",
+    "boldcloud-film-dask2",
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", type=Path, default=Path("/tmp/bench-firstlevel"))
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--modes",
+        default=",".join(MODES),
+        help="comma-separated variants to time (nilearn-ar1, the reference, always runs)",
+    )
     args = parser.parse_args()
+    unknown = set(args.modes.split(",")) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}; choose from {', '.join(MODES)}")
     prepare(args.keep)
     modes = [
         "nilearn-ar1",
-        "boldcloud-ar1-memory",
-        "boldcloud-film-memory",
-        "boldcloud-ar1-1proc",
-        "boldcloud-film-1proc",
-        "boldcloud-ar1-dask2",
-        "boldcloud-film-dask2",
+        *(m for m in MODES if m in args.modes.split(",") and m != "nilearn-ar1"),
     ]
     results = {mode: measure(mode, args.keep, args.repeats) for mode in modes}
     reference = results["nilearn-ar1"]["seconds"]
