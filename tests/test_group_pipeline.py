@@ -298,9 +298,12 @@ def test_paired_analysis_finds_the_planted_decrease(group):
     assert (table.p_fwe >= 1 / 64).all()
     sig = table[table.p_fwe <= 0.05]
     assert list(sig.side) == ["negative"], table.head()
-    peak = sig[["peak_x_mm", "peak_y_mm", "peak_z_mm"]].to_numpy()[0]
+    # the planted change is a broad (15 mm) blob: its peak or a listed local maximum is near
+    peaks = read_tsv(store, rec.outputs["files"]["peaks"])
+    peaks = peaks[peaks.cluster.isin(sig.cluster) & (peaks.side == "negative")]
     rtpj = next(np.array(r.mni_mm) for r in ROIS if r.name == "rTPJ")
-    assert np.linalg.norm(peak - rtpj) <= 10.0, peak
+    xyz = peaks[["x_mm", "y_mm", "z_mm"]].to_numpy()
+    assert np.linalg.norm(xyz - rtpj, axis=1).min() <= 10.0, peaks
 
 
 def test_permutation_maxima_do_not_depend_on_the_batch_split(group):

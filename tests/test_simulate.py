@@ -15,6 +15,7 @@ from processing.firstlevel.hrf import convolve_events
 from processing.geometry import apply_affine, rigid_matrix, rms_displacement, volume_center_mm
 from processing.simulate import load_subject_transform, simulate_study
 from processing.simulate.design import make_events, roles_for
+from processing.simulate.effects import effect_maps, mni_blobs
 from processing.simulate.phenotype import clinical_scores
 from processing.simulate.planting import plant_amplitudes
 from processing.simulate.specs import ROIS, ROLE_RUNS, stream
@@ -284,6 +285,36 @@ def test_planted_effect_maps_peak_at_the_rois(study):
             assert 0.3 * amps["pre"][roi]["P40"] < data[peak] <= amps["pre"][roi]["P40"] + 1e-4
 
 
+def _half_max_radius_mm(profile: np.ndarray, step_mm: float) -> float:
+    """Distance from the centre sample to where a symmetric profile falls to half its peak."""
+    centre = profile.size // 2
+    half = profile[centre:] / profile[centre]
+    k = int(np.argmax(half < 0.5))
+    return step_mm * (k - 1 + (half[k - 1] - 0.5) / (half[k - 1] - half[k]))
+
+
+def test_planted_change_has_its_own_extent_and_the_session_amplitude_at_the_centre():
+    """The pre response is drawn with the ROI's blob (8 mm FWHM) and the post - pre change with
+    the change blob (rTPJ 15 mm); at the centre the post map equals the planted post amplitude."""
+    roi = next(r for r in ROIS if r.name == "rTPJ")
+    step = 0.5
+    affine = np.diag([step, step, step, 1.0])
+    affine[:3, 3] = np.asarray(roi.mni_mm) - 30.0
+    shape = (121, 121, 121)  # the centre is voxel 60
+    amps = {"pre": {"rTPJ": {"P40": 2.0}}, "post": {"rTPJ": {"P40": 0.8}}}
+    blobs = mni_blobs(affine, shape)
+    pre = effect_maps(blobs, amps, shape, "pre")["P40"]
+    post = effect_maps(blobs, amps, shape, "post")["P40"]
+    assert pre[60, 60, 60] == pytest.approx(2.0) and post[60, 60, 60] == pytest.approx(0.8)
+    assert _half_max_radius_mm(pre[60, 60], step) == pytest.approx(roi.fwhm_mm / 2, abs=0.05)
+    change = post[60, :, 60] - pre[60, :, 60]
+    assert roi.change_extent_mm == 15.0
+    assert _half_max_radius_mm(-change, step) == pytest.approx(7.5, abs=0.05)
+    assert not effect_maps(blobs, amps, shape, "pre")["P0"].any()
+    with pytest.raises(ValueError, match="no planted amplitudes for session 'mid'"):
+        effect_maps(blobs, amps, shape, "mid")
+
+
 def test_planted_activation_is_in_the_bold_data(study):
     """An OLS fit of the mean signal around the rAI peak of a kept run recovers the planted P40
     response (% signal change times the blob's mean height there)."""
@@ -311,6 +342,7 @@ def test_truth_json_is_self_consistent(study):
     truth = _truth(study)
     assert truth["template"]["space"] == "MNI152NLin2009aSym"
     assert [r["name"] for r in truth["rois"]] == ["rAI", "rTPJ", "dlPFC", "vPCC"]
+    assert [r["change_fwhm_mm"] for r in truth["rois"]] == [None, 15.0, 13.0, 11.0]
     assert truth["motion"]["excluded_runs"] == len(study.excluded_runs)
     for sub in study.subjects:
         entry = truth["subjects"][sub]

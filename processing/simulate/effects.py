@@ -1,9 +1,12 @@
 """Planted activations: Gaussian blobs at MNI coordinates, in MNI and in native space.
 
 An effect map holds, per voxel, the percent signal change per unit of a condition's regressor:
-``sum_roi amplitude[roi, condition] * exp(-|phi(x) - c_roi|^2 / (2 sigma^2))`` with ``phi`` the
-native -> MNI map (identity for MNI maps), ``sigma = FWHM / 2.3548`` measured in MNI mm, and the
-blob cut to exactly 0 where it falls below 1e-3 of its peak.
+``sum_blob amplitude[blob, condition] * exp(-|phi(x) - c_blob|^2 / (2 sigma_blob^2))`` with
+``phi`` the native -> MNI map (identity for MNI maps), ``sigma = FWHM / 2.3548`` measured in MNI
+mm, and each blob cut to exactly 0 where it falls below 1e-3 of its peak. Every ROI has one blob
+for its pre-session response and, when it has a planted change, a second blob (same centre, the
+change's FWHM, named ``<roi>+change``) that carries the session's difference from pre; at the
+centre both blobs are 1, so the map there equals the session's planted amplitude.
 """
 
 from __future__ import annotations
@@ -17,11 +20,23 @@ from processing.geometry import apply_affine
 from processing.simulate.anatomy import SubjectTransform, grid_points
 from processing.simulate.specs import CONDITIONS, ROIS
 
-__all__ = ["Blob", "effect_maps", "mni_blobs", "native_blobs"]
+__all__ = ["CHANGE_SUFFIX", "Blob", "effect_maps", "mni_blobs", "native_blobs"]
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * np.sqrt(2.0 * np.log(2.0)))
 CUTOFF = 1e-3
 _CUT_SIGMAS = float(np.sqrt(-2.0 * np.log(CUTOFF)))
+CHANGE_SUFFIX = "+change"
+
+
+def _blob_specs() -> list[tuple[str, tuple[float, float, float], float]]:
+    """(blob name, MNI centre, FWHM) of every ROI blob, then of every change blob."""
+    own = [(roi.name, roi.mni_mm, roi.fwhm_mm) for roi in ROIS]
+    changes = [
+        (roi.name + CHANGE_SUFFIX, roi.mni_mm, roi.change_extent_mm)
+        for roi in ROIS
+        if roi.change_on is not None
+    ]
+    return own + changes
 
 
 @dataclass(frozen=True)
@@ -64,14 +79,14 @@ def mni_blobs(affine: NDArray[np.float64], shape: tuple[int, int, int]) -> list[
     Returns
     -------
     list of Blob
-        In the order of ``specs.ROIS``.
+        The ROI blobs in the order of ``specs.ROIS``, then their change blobs.
     """
     blobs = []
-    for roi in ROIS:
-        radius = _CUT_SIGMAS * roi.fwhm_mm * FWHM_TO_SIGMA + 1.0
-        box = _box(affine, shape, roi.mni_mm, radius)
+    for name, center, fwhm in _blob_specs():
+        radius = _CUT_SIGMAS * fwhm * FWHM_TO_SIGMA + 1.0
+        box = _box(affine, shape, center, radius)
         pts = grid_points(affine, shape)[box]
-        blobs.append(Blob(roi.name, box, _gauss(pts, roi.mni_mm, roi.fwhm_mm)))
+        blobs.append(Blob(name, box, _gauss(pts, center, fwhm)))
     return blobs
 
 
@@ -95,35 +110,59 @@ def native_blobs(
     Returns
     -------
     blobs : list of Blob
+        As :func:`mni_blobs`.
     centers : dict
         ROI name -> native coordinate (mm) of the blob centre, shape (3,).
     """
-    blobs, centers = [], {}
-    for roi in ROIS:
-        center = transform.to_native(np.asarray(roi.mni_mm, dtype=np.float64))
-        centers[roi.name] = center
-        radius = 1.3 * _CUT_SIGMAS * roi.fwhm_mm * FWHM_TO_SIGMA + 1.0
-        box = _box(affine, shape, center, radius)
+    blobs = []
+    centers = {
+        roi.name: transform.to_native(np.asarray(roi.mni_mm, dtype=np.float64)) for roi in ROIS
+    }
+    for name, mni_center, fwhm in _blob_specs():
+        radius = 1.3 * _CUT_SIGMAS * fwhm * FWHM_TO_SIGMA + 1.0
+        box = _box(affine, shape, centers[name.removesuffix(CHANGE_SUFFIX)], radius)
         idx = np.moveaxis(np.mgrid[box].astype(np.float64), 0, -1)
         mni = transform.to_mni(apply_affine(affine, idx))
-        blobs.append(Blob(roi.name, box, _gauss(mni, roi.mni_mm, roi.fwhm_mm)))
+        blobs.append(Blob(name, box, _gauss(mni, mni_center, fwhm)))
     return blobs, centers
 
 
+def _blob_amplitudes(
+    amplitudes: dict[str, dict[str, dict[str, float]]], session: str
+) -> dict[str, dict[str, float]]:
+    """Blob name -> condition -> amplitude: pre amplitudes on the ROI blobs, the session's
+    difference from pre on the change blobs."""
+    pre = amplitudes["pre"]
+    out: dict[str, dict[str, float]] = {roi: dict(conds) for roi, conds in pre.items()}
+    for roi, conds in amplitudes[session].items():
+        base = pre.get(roi, {})
+        diff = {c: a - base.get(c, 0.0) for c, a in conds.items() if a != base.get(c, 0.0)}
+        if diff:
+            out[roi + CHANGE_SUFFIX] = diff
+    return out
+
+
 def effect_maps(
-    blobs: list[Blob], amplitudes: dict[str, dict[str, float]], shape: tuple[int, int, int]
+    blobs: list[Blob],
+    amplitudes: dict[str, dict[str, dict[str, float]]],
+    shape: tuple[int, int, int],
+    session: str = "pre",
 ) -> dict[str, NDArray[np.float32]]:
-    """Percent-signal-change maps of each condition.
+    """Percent-signal-change maps of each condition in one session.
 
     Parameters
     ----------
     blobs : list of Blob
-        Unit blobs on the target grid.
+        Unit blobs on the target grid (:func:`mni_blobs` or :func:`native_blobs`).
     amplitudes : dict
-        ROI name -> condition -> amplitude (% signal change per unit regressor); missing
-        entries are 0.
+        One subject's planted amplitudes: session (``"pre"``, ``"post"``) -> ROI name ->
+        condition -> amplitude at the ROI centre (% signal change per unit regressor); missing
+        entries are 0. A session's difference from ``"pre"`` is drawn with the ROI's change
+        blob.
     shape : tuple of int
         Grid shape.
+    session : str
+        Which session's maps to draw.
 
     Returns
     -------
@@ -131,9 +170,14 @@ def effect_maps(
         Condition -> float32 map of ``shape`` (x, y, z order), for every condition in
         ``CONDITIONS``.
     """
+    if session not in amplitudes:
+        raise ValueError(
+            f"no planted amplitudes for session {session!r}; have {sorted(amplitudes)}"
+        )
+    per_blob = _blob_amplitudes(amplitudes, session)
     maps = {cond: np.zeros(shape, dtype=np.float32) for cond in CONDITIONS}
     for blob in blobs:
-        for cond, amp in amplitudes.get(blob.roi, {}).items():
+        for cond, amp in per_blob.get(blob.roi, {}).items():
             if amp != 0.0:
                 maps[cond][blob.box] += np.float32(amp) * blob.values
     return maps

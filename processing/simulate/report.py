@@ -142,6 +142,7 @@ def truth_document(
                 "description": roi.description,
                 "mni_mm": roi.mni_mm,
                 "fwhm_mm": roi.fwhm_mm,
+                "change_fwhm_mm": roi.change_extent_mm if roi.change_on else None,
                 "pre_mean_sd_psc": roi.pre,
                 "analysis_contrast": roi.contrast,
                 "change_condition": roi.change_on,

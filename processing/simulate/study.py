@@ -232,8 +232,8 @@ def _simulate_subject(
     truth_io.write_subject_truth(st.truth, sid, space, st.size, st.executor)
     runs = []
     for ses in ("pre", "post"):
-        native = effect_maps(space.blobs, amplitudes[ses], space.bold_shape)
-        mni = effect_maps(st.mni_blobs, amplitudes[ses], st.mni_shape)
+        native = effect_maps(space.blobs, amplitudes, space.bold_shape, ses)
+        mni = effect_maps(st.mni_blobs, amplitudes, st.mni_shape, ses)
         truth_io.write_effect_truth(
             st.truth,
             sid,
