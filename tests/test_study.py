@@ -32,6 +32,7 @@ def test_reference_example_is_valid_and_encodes_the_paper():
     assert study.get("preprocessing.motion_exclusion_mm") == 2.0
     assert study.get("boldcloud.inference.cluster_forming_z") == 2.3
     assert study.get("boldcloud.roi.sphere_diameter_mm") == 4
+    assert study.get("preprocessing.interpolation") == "cubic"  # FEAT's mcflirt -spline_final
     run_node = study.doc["model"]["Nodes"][0]
     assert run_node["Model"]["HRF"]["Parameters"]["Derivative"] is True
     names = [c["Name"] for c in run_node["Contrasts"]]
@@ -120,3 +121,15 @@ def test_cli_validate_checks_the_dataset_too(tmp_path):
     assert "'C' is neither a trial_type" in result.stdout
     assert "Dataset node 'byAge' uses 'agee', which is not a column" in result.stdout
     assert "3 error(s)" in result.stdout
+
+
+def test_motion_resampling_defaults_to_cubic_spline(tmp_path):
+    """Left out of a study file, the final motion resampling is FEAT's cubic B-spline."""
+    doc = example()
+    del doc["preprocessing"]["interpolation"]
+    study = load_study(write(tmp_path, doc))
+    assert study.issues == []
+    assert study.get("preprocessing.interpolation") == "cubic"
+    doc["preprocessing"]["interpolation"] = "sinc"
+    text = "\n".join(str(i) for i in load_study(write(tmp_path, doc)).issues)
+    assert "sinc" in text and "trilinear" in text and "cubic" in text

@@ -302,7 +302,9 @@ def apply_motion(
     affine : array_like, shape (4, 4)
         Voxel -> world mm affine of the run.
     order : {1, 3}
-        1: trilinear (default, like MCFLIRT's final resampling); 3: cubic B-spline.
+        1: trilinear (MCFLIRT's own default); 3: cubic B-spline (FEAT's ``-spline_final``,
+        the engine's default: trilinear blurs each volume by an amount that depends on its
+        displacement, which at the brain edge correlates with the task).
     mode : str
         How :func:`scipy.ndimage.affine_transform` fills samples from outside the field of
         view; ``"nearest"`` repeats the edge voxel, ``"constant"`` writes 0.
