@@ -31,6 +31,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 
 from processing.geometry import apply_affine
+from processing.spline import cubic_coefficients, resample_cubic
 
 __all__ = ["RunModel", "synthesize_run"]
 
@@ -113,22 +114,12 @@ def _resample_volume(model: RunModel, t: int, boxes, out: NDArray[np.float32]) -
         for (sl, increment), weight in zip(model.effects, weights, strict=True):
             if weight != 0:
                 volume[sl] += np.float32(weight) * increment
-    coefficients = ndimage.spline_filter(volume, order=3, mode="grid-constant")
+    spline = cubic_coefficients(volume, "grid-constant")
     inv = np.linalg.inv(model.affine)
     vox = _SWAP @ inv @ np.linalg.inv(model.motion[t]) @ model.affine @ _SWAP
     for box in boxes:
         start = np.array([s.start for s in box], dtype=np.float64)
-        ndimage.affine_transform(
-            coefficients,
-            vox[:3, :3],
-            offset=vox[:3, :3] @ start + vox[:3, 3],
-            output_shape=tuple(s.stop - s.start for s in box),
-            output=out[t][box],
-            order=3,
-            mode="grid-constant",
-            cval=0.0,
-            prefilter=False,
-        )
+        resample_cubic(spline, vox[:3, :3], vox[:3, :3] @ start + vox[:3, 3], out[t][box])
 
 
 def _noise_slab(
