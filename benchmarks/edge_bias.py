@@ -37,14 +37,12 @@ CONDITIONS = ("P40", "P0", "anticipation")
 def move(baseline: np.ndarray, affine: np.ndarray, matrices: np.ndarray, order: int) -> np.ndarray:
     """Volumes ``V_t(q) = B(M_t^-1 q)`` as the simulator draws them, shape (n, z, y, x)."""
     mode = "grid-constant" if order == 3 else "constant"
-    source = ndimage.spline_filter(baseline, order=3, mode=mode) if order == 3 else baseline
     out = np.empty((len(matrices), *baseline.shape), np.float32)
     for t, matrix in enumerate(matrices):
         vox = _SWAP @ np.linalg.inv(affine) @ np.linalg.inv(matrix) @ affine @ _SWAP
         ndimage.affine_transform(
-            source, vox[:3, :3], vox[:3, 3], output=out[t], order=order, mode=mode,
-            prefilter=False,
-        )  # fmt: skip
+            baseline, vox[:3, :3], vox[:3, 3], output=out[t], order=order, mode=mode
+        )
     return out
 
 
