@@ -216,14 +216,15 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="normalise",
         kernels=(normalise_t1, register_epi_to_t1, normalise_epi, resample_to_template),
-        version="1",
+        version="2",  # 2: images with >= 4 mm voxels register on the 4 mm template grid
         inputs=("source:T1w", "work:session_maps"),
         outputs=("work:template_maps", "derivatives:statmap", "derivatives:xfm", "figures:reg"),
         granularity="subject",
         chunk_axis="none",
         params=(),
-        description="T1w -> MNI152NLin2009aSym 2 mm (affine + SyN), mean EPI -> T1w (rigid), "
-        "composed and applied once to each session's effect, variance, mask and mean image.",
+        description="T1w -> MNI152NLin2009aSym 2 mm (affine + SyN; on the 4 mm grid for a T1w "
+        "of >= 4 mm voxels), mean EPI -> T1w (rigid), composed and applied once to each "
+        "session's effect, variance, mask and mean image.",
     ),
     Stage(
         name="group_stack",

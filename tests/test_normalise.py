@@ -26,6 +26,7 @@ from processing.normalise import (
     normalise_t1,
     on_template_grid,
     register_epi_to_t1,
+    registration_template,
     resample_to_native,
     resample_to_template,
     sample_at_points,
@@ -101,6 +102,38 @@ def test_t1_to_template_matches_the_true_transform(small, small_t1, tpl4):
     # brain extraction on the native grid against the simulator's true mask (bias field on)
     assert dice(small_t1.brain_mask, small.t1_mask.T) >= 0.95
     assert small_t1.transform.space == TEMPLATE_SPACE
+
+
+def test_coarse_t1_registers_on_a_coarser_grid_and_maps_onto_the_2mm_one(small, small_t1, tpl4):
+    """A 4 mm T1w against the 2 mm template registers on the 4 mm template (the warp carried to
+    the 2 mm grid); the mapping equals that of registering on 4 mm directly, and is as good."""
+    tpl2 = load_template(2)
+    assert registration_template(tpl2, small.t1_affine) is tpl4
+    assert registration_template(tpl2, np.diag([2.5, 2.5, 3.9, 1.0])) is tpl2
+    assert registration_template(tpl4, small.t1_affine) is tpl4
+    norm = normalise_t1(small.t1_raw.T, small.t1_affine, template=tpl2)
+    assert norm.registration_mm == 4.0 and small_t1.registration_mm == 4.0
+    tf = norm.transform
+    assert tf.grid_shape == tpl2.shape and np.allclose(tf.grid_affine, tpl2.affine)
+    assert norm.warped.shape == tpl2.shape and norm.qc.dice > 0.95 and not norm.qc.failed
+    _check_against_truth(norm, small, tpl2, max_mean_mm=2.0)
+    pts = _brain_points(tpl2, step=7)
+    direct = small_t1.transform
+    np.testing.assert_allclose(tf.to_native(pts), direct.to_native(pts), atol=0.05)
+    np.testing.assert_allclose(tf.to_template(pts), direct.to_template(pts), atol=0.05)
+
+
+def test_on_grid_keeps_the_mapping_at_the_new_grid_points(small_t1):
+    tf = small_t1.transform
+    tpl2 = load_template(2)
+    fine = tf.on_grid(tpl2.affine, tpl2.shape)
+    pts = fine.grid_points()[::5, ::5, ::5].reshape(-1, 3)
+    np.testing.assert_allclose(fine.to_native(pts), tf.to_native(pts), atol=1e-4)
+    np.testing.assert_allclose(fine.to_template(pts), tf.to_template(pts), atol=0.05)
+    linear = TemplateTransform(tf.affine, tf.grid_affine, tf.grid_shape).on_grid(
+        tpl2.affine, tpl2.shape
+    )
+    assert linear.is_linear and linear.grid_shape == tpl2.shape
 
 
 @pytest.mark.slow

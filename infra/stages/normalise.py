@@ -109,6 +109,7 @@ def run_normalise(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
                 store, ses_entities, "bold", direct.transform
             )
             outputs[f"qc_{session}"] = direct.qc.as_dict()
+            outputs[f"registration_mm_{session}"] = direct.registration_mm
         outputs["sessions"][session] = _warp_session(
             store, p["out"], session, out, affine, to_template, template, ses_entities
         )
@@ -147,6 +148,7 @@ def _register_anatomy(
             reasons.append("the T1w looks left-right flipped relative to the EPI")
         reasons += anat.qc.reasons
         outputs["qc"] = anat.qc.as_dict()
+        outputs["registration_mm"] = anat.registration_mm
         outputs["transforms"] = _save_transform(store, entities, "T1w", anat.transform)
         outputs["figures"]["T1w"] = _overlay(store, entities, "T1w", template, anat)
     else:

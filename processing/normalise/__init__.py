@@ -20,6 +20,7 @@ from processing.normalise.normalise import (
     normalise_t1,
     on_template_grid,
     register_epi_to_t1,
+    registration_template,
 )
 from processing.normalise.qc import (
     FlipCheck,
@@ -89,6 +90,7 @@ __all__ = [
     "on_template_grid",
     "register_epi_to_t1",
     "registration_qc",
+    "registration_template",
     "resample_to_native",
     "resample_to_template",
     "sample_at_points",

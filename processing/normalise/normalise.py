@@ -36,7 +36,12 @@ from processing.normalise.register import (
     syn_register,
 )
 from processing.normalise.resample import resample_to_template, sample_at_points
-from processing.normalise.template import Template, load_template
+from processing.normalise.template import (
+    TEMPLATE_RESOLUTION_MM,
+    TEMPLATE_SPACE,
+    Template,
+    load_template,
+)
 from processing.normalise.transforms import TemplateTransform
 from processing.preprocess.masks import epi_brain_mask, t1_brain_mask
 
@@ -50,6 +55,7 @@ __all__ = [
     "normalise_t1",
     "on_template_grid",
     "register_epi_to_t1",
+    "registration_template",
 ]
 
 T1_SETTINGS = RegistrationSettings()
@@ -78,6 +84,9 @@ class Normalisation:
         ``"T1w"`` or ``"bold"`` (the image that was registered).
     space : str
         Template space name.
+    registration_mm : float
+        Voxel size of the template grid the registration ran on (see
+        :func:`registration_template`); the transform is on ``template``'s grid regardless.
     """
 
     transform: TemplateTransform
@@ -87,6 +96,35 @@ class Normalisation:
     qc: RegistrationQC
     source: str
     space: str
+    registration_mm: float = float(TEMPLATE_RESOLUTION_MM)
+
+
+def registration_template(template: Template, image_affine: ArrayLike) -> Template:
+    """The template grid to register an image on: no finer than the image can resolve.
+
+    An image with voxels at least twice the template's (e.g. a 4 mm T1w against the 2 mm
+    template) is registered on the template at twice the voxel size: the finer grid holds no
+    information the image has, and costs 8x per iteration. The warp is then sampled onto the
+    output grid (:meth:`TemplateTransform.on_grid`). Images finer than that (every real T1w)
+    register on ``template`` itself.
+
+    Parameters
+    ----------
+    template : Template
+        Output template.
+    image_affine : array_like, shape (4, 4)
+        Voxel -> mm affine of the image to register.
+
+    Returns
+    -------
+    Template
+        ``template``, or the same space from :func:`load_template` at twice its voxel size.
+    """
+    voxel_mm = float(np.sqrt((np.asarray(image_affine)[:3, :3] ** 2).sum(axis=0)).min())
+    size = template.resolution_mm
+    if template.space != TEMPLATE_SPACE or voxel_mm < 2.0 * size - 1e-3 or size % 1:
+        return template
+    return load_template(round(2 * size))
 
 
 def _check(image: ArrayLike, affine: ArrayLike, what: str) -> tuple[NDArray, NDArray]:
@@ -143,17 +181,20 @@ def _normalise(
         raise ValueError(f"{source} brain mask is (nearly) empty ({initial.sum()} voxels)")
     corrected = bias_corrected(image, affine, initial)
     brain = np.where(initial, corrected, 0.0).astype(np.float32)
-    lin = affine_register(template.t1, template.affine, brain, affine, dof=12, settings=settings)
+    reg = registration_template(template, affine)
+    lin = affine_register(reg.t1, reg.affine, brain, affine, dof=12, settings=settings)
     moving = brain
     if settings.syn_metric == "pseudo-t1":
-        moving = _pseudo_t1(brain, affine, lin.moving_to_fixed, template)
+        moving = _pseudo_t1(brain, affine, lin.moving_to_fixed, reg)
         settings = replace(settings, syn_metric="cc")
     warp, inverse = syn_register(
-        template.t1, template.affine, moving, affine, lin.moving_to_fixed, settings=settings
+        reg.t1, reg.affine, moving, affine, lin.moving_to_fixed, settings=settings
     )
     transform = TemplateTransform(
-        lin.moving_to_fixed, template.affine, template.shape, warp, inverse, template.space
+        lin.moving_to_fixed, reg.affine, reg.shape, warp, inverse, template.space
     )
+    if reg is not template:
+        transform = transform.on_grid(template.affine, template.shape)
     mask = template_brain_mask(corrected, affine, transform, template)
     native = transform.to_native(transform.grid_points())  # once for the three maps
     warped = sample_at_points(brain, affine, native, kind="effect")
@@ -169,7 +210,9 @@ def _normalise(
         affine=transform.affine,
         brain_ml_range=BRAIN_ML_RANGE if source == "T1w" else None,
     )
-    return Normalisation(transform, mask, initial, warped, qc, source, template.space)
+    return Normalisation(
+        transform, mask, initial, warped, qc, source, template.space, reg.resolution_mm
+    )
 
 
 def normalise_t1(

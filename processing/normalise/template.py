@@ -60,7 +60,7 @@ class Template:
         return float(np.linalg.norm(self.affine[:3, 0]))
 
 
-@lru_cache(maxsize=2)
+@lru_cache(maxsize=4)
 def load_template(resolution_mm: int = TEMPLATE_RESOLUTION_MM) -> Template:
     """The MNI152NLin2009aSym template at ``resolution_mm`` (cached; arrays are read-only).
 

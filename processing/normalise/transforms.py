@@ -175,6 +175,39 @@ class TemplateTransform:
             raise ValueError(f"source_to_native must be 4 x 4, got {pre.shape}")
         return replace(self, affine=self.affine @ pre)
 
+    def on_grid(
+        self, grid_affine: ArrayLike, grid_shape: tuple[int, int, int]
+    ) -> TemplateTransform:
+        """The same mapping with its fields sampled on another template grid.
+
+        A warp estimated on a coarse grid (registration at the data's resolution) is carried to
+        the output grid by sampling ``w`` and ``w_inv`` there (trilinear, edge-extended, as
+        :meth:`to_native` samples them anyway), so points of the new grid map exactly as
+        before.
+
+        Parameters
+        ----------
+        grid_affine : array_like, shape (4, 4)
+            New grid voxel ``(x, y, z)`` -> template mm.
+        grid_shape : tuple of int
+            New grid shape ``(z, y, x)``.
+
+        Returns
+        -------
+        TemplateTransform
+        """
+        aff = np.asarray(grid_affine, dtype=np.float64)
+        shape = tuple(int(n) for n in grid_shape)
+        if self.warp is None:
+            return replace(self, grid_affine=aff, grid_shape=shape)
+        moved = replace(self, grid_affine=aff, grid_shape=shape, warp=None, inverse_warp=None)
+        points = moved.grid_points()
+        fields = [
+            _sample_field(f, self.grid_affine, points).astype(np.float32)
+            for f in (self.warp, self.inverse_warp)
+        ]
+        return replace(moved, warp=fields[0], inverse_warp=fields[1])
+
 
 # --------------------------------------------------------------------------------------------
 # ITK / ANTs formats
