@@ -310,7 +310,7 @@ def apply_motion(
         How :func:`scipy.ndimage.affine_transform` fills samples from outside the field of
         view; ``"nearest"`` repeats the edge voxel, ``"constant"`` writes 0. Cubic
         resampling in modes ``"nearest"`` and ``"grid-constant"`` runs in
-        :func:`processing.spline.resample_cubic` (scipy's result, ~5x faster).
+        :func:`processing.spline.resample_cubic` (scipy's result, 3-4x faster).
     out : ndarray, shape (n, z, y, x), float32, optional
         Where to write the result (e.g. a memory-mapped output chunk); allocated if omitted.
 
