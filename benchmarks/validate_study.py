@@ -8,7 +8,9 @@ three criteria are checked against ``<bids>/derivatives/truth/truth.json``:
    ``ses-postMinusPre_task-<task>_contrast-<analysis_contrast>`` (``P40-P0`` -> ``P40vsP0``) has a
    significant cluster (``p_fwe <= alpha``) on the side of the planted change (rTPJ: negative,
    dlPFC/vPCC: positive) whose peak, or one of its local maxima (the cluster table's peaks, as
-   FSL lists them), lies within ``--peak-mm`` (6 mm) of the planted MNI coordinate.
+   FSL lists them), lies within ``--peak-mm`` (6 mm) of the planted MNI coordinate. The
+   distance of the cluster's largest group effect (``cope_max``, FSL's COPE-MAX) is shown
+   beside it, not judged.
 2. **ROI-clinical correlations.** For every planted correlation (``correlations``: roi, measure,
    target_r), the ``group_roi`` correlation of the pipeline's ROI at that place (an ROI of a
    contrast the planted change enters, centred within ``--fp-fwhm`` x FWHM of the planted
@@ -262,6 +264,7 @@ def check_clusters(
             "planted_mni_mm": blob.mni_mm.tolist(), "expected_side": side,
             "analysis_state": _state(rec), "cluster": None, "peak_mni_mm": None,
             "distance_mm": None, "p_fwe": None, "peak_z": None, "nearest_local_max_mm": None,
+            "cope_max_mm": None,
         }  # fmt: skip
         candidates = [r for r in significant(rec, alpha) if r["side"] == side]
         if candidates:
@@ -271,11 +274,20 @@ def check_clusters(
                 distance_mm=float(np.linalg.norm(_peak(best) - blob.mni_mm)),
                 p_fwe=float(best["p_fwe"]), peak_z=float(best["peak_z"]),
                 nearest_local_max_mm=_nearest_local_max(store, rec, best, blob),
+                cope_max_mm=_cope_max_distance(best, blob),
             )  # fmt: skip
         near = [d for d in (row["distance_mm"], row["nearest_local_max_mm"]) if d is not None]
         row["ok"] = bool(near) and min(near) <= peak_mm
         rows.append(row)
     return rows
+
+
+def _cope_max_distance(cluster: dict, blob: Blob) -> float | None:
+    """Distance from the blob to the cluster's largest effect (informational, not judged)."""
+    xyz = [cluster.get(f"cope_max_{a}_mm") for a in "xyz"]
+    if not all(_finite(v) for v in xyz):
+        return None
+    return float(np.linalg.norm(np.asarray(xyz, dtype=float) - blob.mni_mm))
 
 
 def _nearest_local_max(store: Store, rec: TaskRecord, cluster: dict, blob: Blob) -> float | None:
@@ -495,7 +507,8 @@ CLUSTER_COLUMNS = [
     ("roi", "planted ROI"), ("analysis", "map"), ("expected_side", "side"),
     ("planted_mni_mm", "planted MNI"), ("peak_mni_mm", "nearest sig. peak"),
     ("distance_mm", "dist mm"), ("p_fwe", "FWE p"), ("peak_z", "Z"),
-    ("nearest_local_max_mm", "local max mm"), ("analysis_state", "analysis"), ("ok", "ok"),
+    ("nearest_local_max_mm", "local max mm"), ("cope_max_mm", "effect max mm"),
+    ("analysis_state", "analysis"), ("ok", "ok"),
 ]  # fmt: skip
 CORRELATION_COLUMNS = [
     ("roi", "planted ROI"), ("measure", "clinical change"), ("target_r", "target r"),

@@ -42,6 +42,31 @@ def test_cluster_table_peaks_sizes_cog_and_fsl_ordering():
     assert res.index_maps["negative"][20, 8, 20] == 1
 
 
+def test_cope_columns_locate_the_effect_peak_and_mean_as_fsl_cluster_cope():
+    shape = (30, 32, 28)
+    z = 5.0 * _blob(shape, (10, 12, 14), 2.0) - 4.5 * _blob(shape, (20, 8, 20), 1.5)
+    cope = 80.0 * _blob(shape, (11, 13, 14), 2.5) - 60.0 * _blob(shape, (19, 8, 21), 2.0)
+    res = cluster_table(z, MNI2, threshold=2.3, p_threshold=None, cope=cope)
+    t = res.table.set_index("side")
+    pos, neg = t.loc["positive"], t.loc["negative"]
+    assert pos.cope_max == pytest.approx(80.0, rel=1e-3)  # the other blob's tail adds a little
+    assert neg.cope_max == pytest.approx(-60.0, rel=1e-3)
+    np.testing.assert_allclose(
+        pos[["cope_max_x_mm", "cope_max_y_mm", "cope_max_z_mm"]].to_numpy(dtype=float),
+        apply_affine(MNI2, np.array([11.0, 13, 14])),
+    )
+    np.testing.assert_allclose(
+        neg[["cope_max_x_mm", "cope_max_y_mm", "cope_max_z_mm"]].to_numpy(dtype=float),
+        apply_affine(MNI2, np.array([19.0, 8, 21])),
+    )
+    assert pos.cope_mean == pytest.approx(cope[z > 2.3].mean())
+    assert neg.cope_mean == pytest.approx(cope[z < -2.3].mean())
+    without = cluster_table(z, MNI2, threshold=2.3, p_threshold=None).table
+    assert without.cope_max.isna().all() and without.cope_mean.isna().all()
+    with pytest.raises(ValueError, match=r"cope map shape \(2, 2, 2\)"):
+        cluster_table(z, MNI2, cope=np.zeros((2, 2, 2)))
+
+
 def test_local_maxima_are_at_least_8_mm_apart_and_p_values_come_from_the_null():
     shape = (22, 20, 20)
     z = np.zeros(shape)

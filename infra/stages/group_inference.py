@@ -213,7 +213,7 @@ def run_group_inference(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
     if p["method"] != "permutation":
         # the mass of GRF/uncorrected clusters uses |z| over the threshold
         kwargs["mass_map"] = None
-    result = cluster_table(zmap.T, affine, **kwargs)
+    result = cluster_table(zmap.T, affine, cope=maps["effect"].T, **kwargs)
     table = result.table
     files["clusters"] = write_tsv(store, group_key(ents, "table", ".tsv", desc="clusters"), table)
     files["peaks"] = write_tsv(
@@ -257,7 +257,8 @@ def run_group_inference(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
 
 def _rows(table: pd.DataFrame) -> list[dict[str, Any]]:
     keep = ["side", "cluster", "voxels", "volume_mm3", "p_fwe", "peak_z", "peak_x_mm",
-            "peak_y_mm", "peak_z_mm"]  # fmt: skip
+            "peak_y_mm", "peak_z_mm", "cope_max", "cope_max_x_mm", "cope_max_y_mm",
+            "cope_max_z_mm"]  # fmt: skip
     out = []
     for row in table[keep].to_dict("records"):
         out.append({k: (v.item() if hasattr(v, "item") else v) for k, v in row.items()})

@@ -17,7 +17,13 @@ Per cluster (columns of :attr:`ClusterResult.table`):
 * ``peak_z``, ``peak_x_mm``, ``peak_y_mm``, ``peak_z_mm``, ``peak_i``, ``peak_j``, ``peak_k``: the
   voxel of largest ``|z|`` (signed z), its mm coordinate and voxel index;
 * ``cog_x_mm``, ``cog_y_mm``, ``cog_z_mm``: centre of gravity, ``|z|``-weighted mean mm position
-  (FSL's COG).
+  (FSL's COG);
+* ``cope_max``, ``cope_max_x_mm``, ``cope_max_y_mm``, ``cope_max_z_mm``, ``cope_mean``: with a
+  ``cope`` (effect) map, as FSL's ``cluster --cope``: the cluster's most extreme effect on its
+  side (largest for positive, most negative for negative clusters), where it is, and the mean
+  effect over the cluster; NaN without one. Where subjects differ mainly in the amplitude of
+  one spatial pattern, z is flat across the pattern and the effect's peak is the better
+  locator (``benchmarks/peak_uncertainty.py``).
 
 Local maxima (:attr:`ClusterResult.local_maxima`, like ``cluster --olmax``): voxels whose ``|z|``
 is the largest in their 26-neighbourhood within the cluster, taken in decreasing ``|z|`` and kept
@@ -45,7 +51,7 @@ __all__ = ["ClusterResult", "cluster_table", "label_clusters"]
 TABLE_COLUMNS = (
     "side", "cluster", "voxels", "volume_mm3", "mass", "p_fwe", "neg_log10_p", "peak_z",
     "peak_x_mm", "peak_y_mm", "peak_z_mm", "peak_i", "peak_j", "peak_k", "cog_x_mm", "cog_y_mm",
-    "cog_z_mm",
+    "cog_z_mm", "cope_max", "cope_max_x_mm", "cope_max_y_mm", "cope_max_z_mm", "cope_mean",
 )  # fmt: skip
 MAXIMA_COLUMNS = ("side", "cluster", "z", "x_mm", "y_mm", "z_mm", "i", "j", "k")
 
@@ -133,6 +139,23 @@ def _local_maxima(
     return kept
 
 
+def _cope_columns(
+    copes: NDArray | None, sgn: float, labels: NDArray, n: int, affine: NDArray
+) -> list[tuple[float, ...]]:
+    """Per label: extreme effect on the side, its mm position, and the mean effect."""
+    if copes is None:
+        return [(np.nan,) * 5] * n
+    index = np.arange(1, n + 1)
+    finite = np.where(np.isfinite(copes), sgn * copes, -np.inf)
+    where = np.array(ndimage.maximum_position(finite, labels, index)).reshape(n, 3)
+    means = np.atleast_1d(ndimage.mean(np.nan_to_num(copes), labels, index))
+    out = []
+    for lab in range(n):
+        mm = apply_affine(affine, where[lab].astype(np.float64))
+        out.append((float(copes[tuple(where[lab])]), *map(float, mm), float(means[lab])))
+    return out
+
+
 def cluster_table(
     z: ArrayLike,
     affine: ArrayLike,
@@ -149,6 +172,7 @@ def cluster_table(
     p_threshold: float | None = 0.05,
     min_distance_mm: float = 8.0,
     max_local_maxima: int = 6,
+    cope: ArrayLike | None = None,
 ) -> ClusterResult:
     """Find clusters of a z map and tabulate them (see the module docstring).
 
@@ -183,6 +207,8 @@ def cluster_table(
         Minimum distance between local maxima of a cluster.
     max_local_maxima : int
         Most local maxima per cluster.
+    cope : array_like, shape (X, Y, Z), optional
+        Effect (COPE) map for the ``cope_*`` columns.
 
     Returns
     -------
@@ -198,6 +224,9 @@ def cluster_table(
     if mmap.shape != zmap.shape:
         raise ValueError(f"mass map shape {mmap.shape} differs from z {zmap.shape}")
     mthr = threshold if mass_threshold is None else mass_threshold
+    copes = None if cope is None else np.asarray(cope, dtype=np.float64)
+    if copes is not None and copes.shape != zmap.shape:
+        raise ValueError(f"cope map shape {copes.shape} differs from z {zmap.shape}")
     voxel_mm3 = round(float(abs(np.linalg.det(aff[:3, :3]))), 6)
     rows, maxima = [], []
     index_maps, thresholded = {}, {}
@@ -232,6 +261,7 @@ def cluster_table(
             peaks = np.array(ndimage.maximum_position(absz, labels, np.arange(1, n + 1))).reshape(
                 n, 3
             )
+            cope_cols = _cope_columns(copes, sgn, labels, n, aff)
         for lab in order:
             cid = int(index[lab + 1])
             peak = peaks[lab]
@@ -251,6 +281,7 @@ def cluster_table(
                     *map(float, peak_mm),
                     *map(int, peak),
                     *map(float, cog_mm),
+                    *cope_cols[lab],
                 )
             )
             for val, ijk, mm in _local_maxima(
