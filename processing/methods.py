@@ -113,6 +113,12 @@ def _group(ran: Ran, facts: Mapping[str, Any]) -> list[str]:
             f"Session maps were warped to {facts['template']} (T1w affine + SyN, mean EPI "
             "rigid to T1w), composed and applied once."
         )
+        if coarse := facts.get("coarse_registration_mm"):
+            grid = " / ".join(f"{v:g}" for v in coarse)
+            out.append(
+                "Images with voxels at least twice the template's were registered on the "
+                f"template resampled to {grid} mm, and their warps sampled onto the output grid."
+            )
     if (est := _v(ran, "group_fit", "boldcloud.group_level.estimator")) is not None:
         how = (
             "FLAME1 mixed effects (lower-level variances; between-subject variance by REML "

@@ -44,6 +44,13 @@ def test_methods_paragraph_describes_what_ran_and_only_that():
                  "Software: numpy 2.0."):  # fmt: skip
         assert part in text, (part, text)
     assert "warped to" not in text  # normalise has no record here
+    facts = {"template": "MNI152NLin2009aSym 2 mm", "coarse_registration_mm": [4.0]}
+    ran = {**RAN, "normalise": {}}
+    with_norm = methods_paragraph(ran, facts)
+    assert "warped to MNI152NLin2009aSym 2 mm" in with_norm
+    assert "registered on the template resampled to 4 mm" in with_norm
+    plain = methods_paragraph(ran, {"template": "MNI152NLin2009aSym 2 mm"})
+    assert "warped to" in plain and "resampled to 4 mm" not in plain
     assert "not described: design, fixed_effects, normalise, group_roi." in text
     # another recorded value changes the text; records that disagree are all named
     mixed = {

@@ -147,14 +147,19 @@ def _facts(ctx: PlanContext, shown: list[dict[str, Any]], roi: dict[str, Any]) -
     done = [a for a in shown if a["state"] == "done"]
     spaces = {r.outputs.get("space") for r in ctx.done("normalise").values()} - {None}
     template = " / ".join(sorted(spaces))
+    coarse: list[float] = []
     if done and template:
         step = np.linalg.norm(np.asarray(done[0]["outputs"]["affine"])[:3, 0])
         template += f" {step:g} mm"
+        grids = {v for r in ctx.done("normalise").values() for k, v in r.outputs.items()
+                 if k.startswith("registration_mm") and v is not None}  # fmt: skip
+        coarse = sorted(float(v) for v in grids if float(v) > step + 1e-6)
     exhaustive = sorted({(a["outputs"]["n"], a["outputs"]["inference"]["n_permutations"])
                          for a in done if a["outputs"]["inference"].get("exhaustive")})  # fmt: skip
     inference = [a["outputs"]["inference"] for a in done]
     return {
         "template": template,
+        "coarse_registration_mm": coarse,
         "paired": any(a["outputs"]["analysis"].get("kind") == "paired" for a in done),
         "exhaustive": [list(pair) for pair in exhaustive],
         "row_permutations": sum(i.get("rearrangement") == "rows" for i in inference),
