@@ -24,6 +24,36 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 STUDYFORREST = SHARED_DATA / "studyforrest-localizer"
 
 
+KEEP_DATA_ENV = "BOLDCLOUD_KEEP_TEST_DATA"
+# Directories of session fixtures (they outlive the module that first asked for them).
+SESSION_DIRS = ("s3root", "s3log", "slurm", "gateway")
+
+
+def _keep_test_data() -> bool:
+    return os.environ.get(KEEP_DATA_ENV, "") not in ("", "0")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_module_disk(request, tmp_path_factory):
+    """Delete the data a test module wrote under the session's base temp when the module ends.
+
+    Module fixtures simulate studies and run pipelines (up to 1.6 GB each); pytest keeps every
+    ``tmp_path_factory.mktemp`` directory until it deletes whole old sessions, so without this the
+    suite holds 5-6 GB at its end, and several past sessions' worth on a shared /tmp. Kept when a
+    test of the module failed, or with BOLDCLOUD_KEEP_TEST_DATA=1.
+    """
+    base = tmp_path_factory.getbasetemp()
+    before = {path.name for path in base.iterdir()}
+    failed_before = request.session.testsfailed
+    yield
+    if _keep_test_data() or request.session.testsfailed > failed_before:
+        return
+    for path in base.iterdir():
+        fresh = path.name not in before and not path.name.startswith(SESSION_DIRS)
+        if fresh and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def requires_shared():
     """Skip (saying why) when ../shared/data is absent, as in a user's clone."""
     return pytest.mark.skipif(
@@ -173,5 +203,8 @@ def s3_server(tmp_path_factory):
         proc.wait(timeout=10)
     except subprocess.TimeoutExpired:
         proc.kill()
+    log.close()
+    if not _keep_test_data():
+        shutil.rmtree(root, ignore_errors=True)
         proc.wait(timeout=10)
     log.close()
