@@ -111,7 +111,13 @@ def _group(ran: Ran, facts: Mapping[str, Any]) -> list[str]:
     if "normalise" in ran and facts.get("template"):
         out.append(
             f"Session maps were warped to {facts['template']} (T1w affine + SyN, mean EPI "
-            "rigid to T1w), composed and applied once."
+            "rigid to T1w), composed and applied once"
+            + (
+                "; variance maps were propagated through the trilinear interpolation using the "
+                "noise's spatial lag-1 correlation from the first-level residuals."
+                if facts.get("variance_propagated")
+                else "."
+            )
         )
         if coarse := facts.get("coarse_registration_mm"):
             grid = " / ".join(f"{v:g}" for v in coarse)

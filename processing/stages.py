@@ -42,6 +42,7 @@ from processing.group.permutation import (
 from processing.group.roi import roi_psc, sphere_mask
 from processing.ingest.events import validate_events
 from processing.ingest.nifti import inspect_bold_header
+from processing.noise_correlation import lag1_correlation, residual_lag1_sums
 from processing.normalise.normalise import normalise_epi, normalise_t1, register_epi_to_t1
 from processing.normalise.resample import resample_to_template
 from processing.preprocess.highpass import highpass_fsl
@@ -182,8 +183,8 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         name="glm",
-        kernels=(fit_noise_model, contrast_maps),
-        version="2",
+        kernels=(fit_noise_model, contrast_maps, residual_lag1_sums),
+        version="3",  # 3: sums for the noise's spatial lag-1 correlation
         inputs=("work:filtered", "derivatives:design", "work:autocorr"),
         outputs=("work:glm_blocks",),
         granularity="run",
@@ -193,18 +194,19 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         name="glm_maps",
-        kernels=(),
-        version="1",
+        kernels=(lag1_correlation,),
+        version="2",  # 2: the run's noise lag-1 correlation
         inputs=("work:glm_blocks",),
         outputs=("work:run_maps", "derivatives:statmap"),
         granularity="run",
         chunk_axis="none",
-        description="Whole-run effect, variance, t, z and residual-variance maps (NIfTI + Zarr).",
+        description="Whole-run effect, variance, t, z and residual-variance maps (NIfTI + Zarr), "
+        "and the noise's spatial lag-1 correlation from the blocks' OLS residuals.",
     ),
     Stage(
         name="fixed_effects",
         kernels=(align_run, resample_to_reference, fixed_effects),
-        version="2",
+        version="3",  # 3: the session's noise lag-1 correlation
         inputs=("work:run_maps",),
         outputs=("work:session_maps", "derivatives:statmap"),
         granularity="session",
@@ -216,7 +218,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="normalise",
         kernels=(normalise_t1, register_epi_to_t1, normalise_epi, resample_to_template),
-        version="2",  # 2: images with >= 4 mm voxels register on the 4 mm template grid
+        version="3",  # 2: >= 4 mm images register on the 4 mm grid; 3: propagated variance
         inputs=("source:T1w", "work:session_maps"),
         outputs=("work:template_maps", "derivatives:statmap", "derivatives:xfm", "figures:reg"),
         granularity="subject",
@@ -224,7 +226,8 @@ STAGES: tuple[Stage, ...] = (
         params=(),
         description="T1w -> MNI152NLin2009aSym 2 mm (affine + SyN; on the 4 mm grid for a T1w "
         "of >= 4 mm voxels), mean EPI -> T1w (rigid), composed and applied once to each "
-        "session's effect, variance, mask and mean image.",
+        "session's effect, variance, mask and mean image; variance maps become the variance of "
+        "the resampled effect (from the noise's lag-1 correlation).",
     ),
     Stage(
         name="group_stack",

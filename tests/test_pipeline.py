@@ -261,3 +261,29 @@ def test_normalise_warps_session_maps_and_falls_back_without_a_usable_t1w(finish
     assert transforms["warp"].endswith(
         "sub-01_from-T1w_to-MNI152NLin2009aSym_mode-image_desc-warp_xfm.nii.gz"
     )
+
+
+def test_mni_variance_maps_stay_calibrated_to_the_resampled_effects(finished):
+    """effect / sqrt(variance) spreads as much over the MNI brain as over the native brain: the
+    normalised variance is the variance of the resampled effect (the noise's lag-1 correlation
+    from the run residuals), not the interpolated variance, which made the MNI spread ~0.68x."""
+    _, store, _, _ = finished
+    manifest = Manifest(store)
+    ratios = []
+    for rec in manifest.records("normalise"):
+        for session, warped in rec.outputs["sessions"].items():
+            native = manifest.get("fixed_effects", session).outputs
+            lag1 = native["noise_lag1"]
+            assert warped["noise_lag1"] == lag1 and all(0.1 < v < 0.95 for v in lag1), lag1
+
+            def spread(maps, mask_key):
+                mask = read_array(store, mask_key) > 0
+                effect = read_array(store, maps["P0:effect"])[mask]
+                variance = read_array(store, maps["P0:variance"])[mask]
+                keep = variance > 0
+                return float(np.std(effect[keep] / np.sqrt(variance[keep])))
+
+            ratios.append(
+                spread(warped["maps"], warped["mask"]) / spread(native["maps"], native["mask"])
+            )
+    assert ratios and all(0.88 < r < 1.12 for r in ratios), ratios

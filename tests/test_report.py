@@ -49,8 +49,11 @@ def test_methods_paragraph_describes_what_ran_and_only_that():
     with_norm = methods_paragraph(ran, facts)
     assert "warped to MNI152NLin2009aSym 2 mm" in with_norm
     assert "registered on the template resampled to 4 mm" in with_norm
+    assert "variance maps were propagated" not in with_norm
     plain = methods_paragraph(ran, {"template": "MNI152NLin2009aSym 2 mm"})
     assert "warped to" in plain and "resampled to 4 mm" not in plain
+    propagated = methods_paragraph(ran, {**facts, "variance_propagated": True})
+    assert "variance maps were propagated through the trilinear interpolation" in propagated
     assert "not described: design, fixed_effects, normalise, group_roi." in text
     # another recorded value changes the text; records that disagree are all named
     mixed = {

@@ -35,6 +35,7 @@ from processing.firstlevel.fit import contrast_maps, fit_noise_model, uses_autoc
 from processing.firstlevel.glm import fit_ols, residuals
 from processing.firstlevel.model import RunModel, run_node
 from processing.firstlevel.volume import AUTOCORR_FWHM_MM
+from processing.noise_correlation import residual_lag1_sums
 from processing.preprocess.highpass import highpass_sigma_volumes
 from processing.stages import stage
 
@@ -343,6 +344,8 @@ def run_glm(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
         "maps": key,
         "names": names,
         "block": p["block"],
+        # sums for the noise's spatial lag-1 correlation (z, y, x), combined per run in glm_maps
+        "noise_lag1_sums": residual_lag1_sums(y, x, mask).tolist(),
         "dof": float(fit.dof),
         "undefined": undefined,
         "n_voxels": int(mask.sum()),

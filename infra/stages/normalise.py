@@ -110,6 +110,11 @@ def run_normalise(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
             )
             outputs[f"qc_{session}"] = direct.qc.as_dict()
             outputs[f"registration_mm_{session}"] = direct.registration_mm
+        if out.get("noise_lag1") is None:
+            record.warnings.append(
+                f"{session}: no noise lag-1 correlation from the first level; variance maps "
+                "interpolated as FSL does (overstates the resampled variance)"
+            )
         outputs["sessions"][session] = _warp_session(
             store, p["out"], session, out, affine, to_template, template, ses_entities
         )
@@ -205,12 +210,15 @@ def _warp_session(
         if stat not in STATS:
             continue
         native = read_array(store, key)
-        warped = resample_to_template(native, _affine(store, key), transform, kind=stat)
+        lag1 = fe.get("noise_lag1") if stat == "variance" else None
+        warped = resample_to_template(
+            native, _affine(store, key), transform, kind=stat, noise_lag1=lag1
+        )
         key_out = f"{prefix}/contrast-{contrast}_stat-{stat}"
         maps[name] = write_array(store, key_out, warped.astype(np.float32), ("z", "y", "x"),
                                  attrs=attrs)  # fmt: skip
         side = {"Contrast": contrast, "Statistic": stat, "Space": template.space,
-                "Resampling": "linear", "Source": key}  # fmt: skip
+                "Resampling": _resampling(stat, lag1), "Source": key}  # fmt: skip
         nifti[name] = write_nifti(
             store,
             derivative_key(entities, "statmap", ".nii.gz", contrast=contrast, stat=stat, **space),
@@ -227,7 +235,16 @@ def _warp_session(
     write_nifti(store, derivative_key(entities, "mask", ".nii.gz", desc="brain", **space),
                 mask, template.affine)  # fmt: skip
     return {"maps": maps, "nifti": nifti, "mask": mask_key, "mean": mean_key,
-            "voxels": int(mask.sum())}  # fmt: skip
+            "voxels": int(mask.sum()), "noise_lag1": fe.get("noise_lag1")}  # fmt: skip
+
+
+def _resampling(stat: str, lag1: list[float] | None) -> str:
+    if stat != "variance":
+        return "linear"
+    if lag1 is None:
+        return "linear (variance interpolated as FSL does: overstates the resampled variance)"
+    xyz = ", ".join(f"{v:.3f}" for v in lag1)
+    return f"variance of the linearly resampled effect (noise lag-1 correlation x, y, z: {xyz})"
 
 
 def _affine(store: Store, key: str) -> np.ndarray:

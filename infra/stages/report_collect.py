@@ -154,12 +154,16 @@ def _facts(ctx: PlanContext, shown: list[dict[str, Any]], roi: dict[str, Any]) -
         grids = {v for r in ctx.done("normalise").values() for k, v in r.outputs.items()
                  if k.startswith("registration_mm") and v is not None}  # fmt: skip
         coarse = sorted(float(v) for v in grids if float(v) > step + 1e-6)
+    sessions = [s for r in ctx.done("normalise").values()
+                for s in r.outputs.get("sessions", {}).values()]  # fmt: skip
     exhaustive = sorted({(a["outputs"]["n"], a["outputs"]["inference"]["n_permutations"])
                          for a in done if a["outputs"]["inference"].get("exhaustive")})  # fmt: skip
     inference = [a["outputs"]["inference"] for a in done]
     return {
         "template": template,
         "coarse_registration_mm": coarse,
+        "variance_propagated": bool(sessions)
+        and all(s.get("noise_lag1") is not None for s in sessions),
         "paired": any(a["outputs"]["analysis"].get("kind") == "paired" for a in done),
         "exhaustive": [list(pair) for pair in exhaustive],
         "row_permutations": sum(i.get("rearrangement") == "rows" for i in inference),

@@ -25,6 +25,7 @@ from infra.tasks import TaskSpec
 from processing.firstlevel.between_run import RunAlignment, align_run, resample_to_reference
 from processing.firstlevel.figures import save_stat_overlay_png
 from processing.firstlevel.fixed_effects import fixed_effects
+from processing.noise_correlation import lag1_correlation
 from processing.stages import stage
 
 STATS = ("effect", "variance", "t", "z")
@@ -54,6 +55,7 @@ def plan_glm_maps(ctx: PlanContext) -> StagePlan:
             continue
         payload = {
             "blocks": [(b.outputs["maps"], b.outputs["block"]) for b in done],
+            "noise_lag1_sums": [b.outputs["noise_lag1_sums"] for b in done],
             "names": done[0].outputs["names"],
             "dof": done[0].outputs["dof"],
             "undefined": done[0].outputs["undefined"],
@@ -92,6 +94,7 @@ def run_glm_maps(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
     maps = np.zeros((len(p["names"]), *mask.shape), dtype=np.float32)
     for key, sel_json in p["blocks"]:
         maps[(slice(None), *_slices(sel_json))] = read_array(store, key)
+    lag1 = noise_lag1_xyz(p["noise_lag1_sums"])
     zarr_keys, nifti_keys = {}, {}
     for name, volume in zip(p["names"], maps, strict=True):
         contrast, _, stat = name.rpartition(":")
@@ -100,7 +103,7 @@ def run_glm_maps(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
         )
         extra = {"contrast": contrast} if contrast else {}
         key = derivative_key(entities, "statmap", ".nii.gz", **extra, stat=stat)
-        side = _sidecar(p["model"], contrast or None, stat, p["dof"])
+        side = _sidecar(p["model"], contrast or None, stat, p["dof"], NoiseLag1Correlation=lag1)
         side["RegressorPeakHeights"] = p["design"]["peak_heights"]
         nifti_keys[name] = write_nifti(store, key, volume, affine, sidecar=side)
     for contrast, why in p["undefined"].items():
@@ -111,11 +114,19 @@ def run_glm_maps(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
         "nifti": nifti_keys,
         "figures": figures,
         "dof": p["dof"],
+        "noise_lag1": lag1,
         "undefined": p["undefined"],
         "mask": p["mask"],
         "mean": p["mean"],
         "peak_heights": p["design"]["peak_heights"],
     }
+
+
+def noise_lag1_xyz(block_sums: list) -> list[float] | None:
+    """A run's noise lag-1 correlation per voxel axis (x, y, z) from its blocks' sums (z, y, x),
+    or None when an axis has no voxel pairs."""
+    lag1 = lag1_correlation(np.sum(np.asarray(block_sums, dtype=np.float64), axis=0))[::-1]
+    return [round(float(v), 6) for v in lag1] if np.all(np.isfinite(lag1)) else None
 
 
 def _z_figures(store: Store, mean_key: str, maps: dict, entities: dict) -> dict[str, str]:
@@ -216,10 +227,19 @@ def run_fixed_effects(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
     outputs["mask"] = write_array(
         store, f"{p['out']}/mask", mask.astype(np.uint8), ("z", "y", "x"), attrs=_attrs(affine)
     )
+    outputs["noise_lag1"] = _session_lag1(p, runs)
     outputs["mean"] = p["runs"][runs[0]]["mean"]
     outputs["reference_run"] = runs[0]
     outputs["alignment"] = {r: a.to_dict() for r, a in p["alignment"].items()}
     return outputs
+
+
+def _session_lag1(p: dict, runs: list[str]) -> list[float] | None:
+    """Mean of the runs' noise lag-1 correlations (x, y, z); None if a run has none."""
+    values = [p["runs"][r].get("noise_lag1") for r in runs]
+    if any(v is None for v in values):
+        return None
+    return [round(float(v), 6) for v in np.mean(np.asarray(values, dtype=np.float64), axis=0)]
 
 
 def _run_affine(store: Store, p: dict, run: str) -> np.ndarray:

@@ -26,6 +26,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import special, stats
 
+from processing.noise_correlation import lag1_correlation, lag1_sums
+
 __all__ = ["Smoothness", "estimate_smoothness", "grf_cluster_p", "ols_residuals"]
 
 
@@ -86,24 +88,14 @@ def estimate_smoothness(residuals: ArrayLike, mask: ArrayLike) -> Smoothness:
     Smoothness
     """
     m = np.asarray(mask, dtype=bool)
-    r = np.asarray(residuals, dtype=np.float64)
-    if r.ndim != 2 or r.shape[1] != int(m.sum()):
-        raise ValueError(f"residuals must have shape (N, {int(m.sum())}), got {r.shape}")
-    sd = np.sqrt((r**2).sum(0))
-    r = np.divide(r, sd, out=np.zeros_like(r), where=sd > 0)
-    vol = np.zeros((r.shape[0], *m.shape))
-    vol[:, m] = r
+    rho = lag1_correlation(lag1_sums(residuals, m))
     fwhm = np.zeros(3)
     for d in range(3):
-        a = [slice(None)] * 4
-        b = [slice(None)] * 4
-        a[d + 1], b[d + 1] = slice(0, -1), slice(1, None)
-        pair = m[tuple(a[1:])] & m[tuple(b[1:])]
-        x, y = vol[tuple(a)][:, pair], vol[tuple(b)][:, pair]
-        rho = (x * y).sum() / np.sqrt((x * x).sum() * (y * y).sum())
-        if not 0 < rho < 1:
-            raise ValueError(f"cannot estimate smoothness along axis {d}: lag-1 correlation {rho}")
-        fwhm[d] = np.sqrt(-1.0 / (4.0 * np.log(rho))) * np.sqrt(8.0 * np.log(2.0))
+        if not 0 < rho[d] < 1:
+            raise ValueError(
+                f"cannot estimate smoothness along axis {d}: lag-1 correlation {rho[d]}"
+            )
+        fwhm[d] = np.sqrt(-1.0 / (4.0 * np.log(rho[d]))) * np.sqrt(8.0 * np.log(2.0))
     resel = float(np.prod(fwhm))
     return Smoothness(fwhm, float((4.0 * np.log(2.0)) ** 1.5 / resel), resel, int(m.sum()))
 
