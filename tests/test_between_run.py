@@ -87,6 +87,14 @@ def test_displaced_run_is_registered_and_the_peak_stays_put(session, registered)
         for kind in ("effect", "variance", "mask")
     }
     assert (moved["variance"] >= 0).all()
+    # With the run's noise correlation the variance is that of the resampled effect: never more
+    # than the interpolated variance, equal where the noise is perfectly correlated.
+    propagated = resample_to_reference(
+        run2["variance"], affine, alignment, affine, shape, kind="variance", noise_lag1=[0.4] * 3
+    )
+    inside = moved["mask"]
+    assert (propagated[inside] <= moved["variance"][inside] * (1 + 1e-5)).all()
+    assert propagated[inside].mean() < 0.9 * moved["variance"][inside].mean()
     registered = _combine([run1, moved], [run1["mask"], moved["mask"]])
     naive = _combine([run1, run2], [run1["mask"], run2["mask"]])
     # Registered: the peak is at the planted point (one voxel) with its full height.

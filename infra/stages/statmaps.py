@@ -276,9 +276,10 @@ def _on_reference(store: Store, p: dict, run: str, key: str, kind: str) -> np.nd
     if alignment is None or not alignment.registered:
         return volume
     reference = sorted(p["runs"])[0]
+    lag1 = p["runs"][run].get("noise_lag1") if kind == "variance" else None
     return resample_to_reference(
         volume, _run_affine(store, p, run), alignment, _run_affine(store, p, reference),
-        p["reference_shape"], kind=kind,
+        p["reference_shape"], kind=kind, noise_lag1=lag1,
     )  # fmt: skip
 
 

@@ -181,6 +181,7 @@ def resample_to_reference(
     reference_affine: ArrayLike,
     reference_shape: tuple[int, int, int],
     kind: str = "effect",
+    noise_lag1: ArrayLike | None = None,
 ) -> NDArray:
     """Pull a run's map onto the reference run's grid through ``alignment`` (one interpolation).
 
@@ -197,7 +198,11 @@ def resample_to_reference(
     reference_shape : tuple of int
         The reference grid ``(z, y, x)``.
     kind : {"effect", "variance", "mask"}
-        Trilinear; variances clipped at 0; masks thresholded at 0.5 (``False`` outside).
+        Trilinear; masks thresholded at 0.5 (``False`` outside). Variances stay >= 0 and, with
+        ``noise_lag1``, are the variance of the resampled effect
+        (:func:`processing.normalise.resample.sample_at_points`).
+    noise_lag1 : array_like, shape (3,), optional
+        The run's noise lag-1 correlation along its voxel axes (x, y, z), for variance maps.
 
     Returns
     -------
@@ -208,4 +213,4 @@ def resample_to_reference(
     vox = np.moveaxis(np.indices(reference_shape, dtype=np.float64), 0, -1)[..., ::-1]
     world = apply_affine(np.asarray(reference_affine, dtype=np.float64), vox)
     source = apply_affine(np.linalg.inv(alignment.moving_to_reference), world)
-    return sample_at_points(volume, affine, source, kind=kind)
+    return sample_at_points(volume, affine, source, kind=kind, noise_lag1=noise_lag1)
