@@ -10,7 +10,8 @@ connections) are retried by botocore with exponential backoff: ``BOLDCLOUD_S3_RE
 (``standard``, or ``adaptive`` for client-side rate limiting; default ``AWS_RETRY_MODE``, then
 ``standard``), ``BOLDCLOUD_S3_MAX_ATTEMPTS`` (default ``AWS_MAX_ATTEMPTS``, then 10),
 ``BOLDCLOUD_S3_CONNECT_TIMEOUT`` (s, default 10). When they run out, :class:`StorageUnreachable`
-names the endpoint.
+names the endpoint. PUTs send their body at once, without ``Expect: 100-continue``
+(:func:`send_bodies_without_expect_continue`).
 """
 
 from __future__ import annotations
@@ -27,6 +28,30 @@ from typing import Any, TypeVar
 import fsspec
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def send_bodies_without_expect_continue() -> None:
+    """Stop botocore from asking S3 PUTs to wait for ``100 Continue`` before their body.
+
+    botocore adds ``Expect: 100-continue`` to every PUT whose body is file-like, and the client
+    then waits for the server's go-ahead with no timeout. A server that answers early without
+    reading the body and then drains it (rclone serve s3 on some errors, seen twice in this
+    project's tests: a worker blocked for 20 minutes on one chunk write) deadlocks with it. The
+    header only saves bandwidth when a PUT is refused; boldcloud's objects are chunks of a few MB,
+    so they go at once and a refused PUT is retried like any other error. Applies to botocore
+    sessions created after this module is imported (every engine and worker process imports it
+    before it opens a store).
+    """
+    try:
+        from botocore import handlers
+    except ImportError:  # no S3 support installed
+        return
+    handlers.BUILTIN_HANDLERS[:] = [
+        spec for spec in handlers.BUILTIN_HANDLERS if spec[1] is not handlers.add_expect_header
+    ]
+
+
+send_bodies_without_expect_continue()
 
 
 class StorageUnreachable(OSError):

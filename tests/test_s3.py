@@ -62,3 +62,47 @@ def test_wrong_secret_is_refused(s3_server, monkeypatch):
     fs = s3fs.S3FileSystem(skip_instance_cache=True, **s3_storage_options())
     with pytest.raises(PermissionError):
         fs.ls("")
+
+
+def test_puts_send_their_body_without_waiting_for_100_continue():
+    """botocore would send ``Expect: 100-continue`` with a file-like body and wait for the
+    server's go-ahead without a timeout (rclone serve s3 deadlocked on that twice in CI); a
+    botocore client made after infra.storage is imported sends the body at once."""
+    import io
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import botocore.session
+    from botocore import handlers
+
+    seen: list[tuple[dict, bytes]] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_PUT(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((dict(self.headers), body))
+            self.send_response(200)
+            self.send_header("ETag", '"0"')
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        assert all(spec[1] is not handlers.add_expect_header for spec in handlers.BUILTIN_HANDLERS)
+        client = botocore.session.get_session().create_client(
+            "s3",
+            region_name="us-east-1",
+            endpoint_url=f"http://127.0.0.1:{server.server_port}",
+            aws_access_key_id="k",
+            aws_secret_access_key="s",
+        )
+        client.put_object(Bucket="b", Key="x", Body=io.BytesIO(b"chunk bytes"))
+    finally:
+        server.shutdown()
+    headers, body = seen[0]
+    assert "Expect" not in headers and body.endswith(b"chunk bytes"), headers
