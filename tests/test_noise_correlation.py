@@ -127,3 +127,13 @@ def test_bad_lag1_is_refused_with_how_to_fix(bad):
     with pytest.raises(ValueError, match="noise_lag1 must be three finite correlations"):
         sample_at_points(np.ones((2, 2, 2)), np.eye(4), [[0.5, 0.5, 0.5]], "variance",
                          noise_lag1=bad)  # fmt: skip
+
+
+def test_a_run_combines_its_blocks_and_older_records_give_none():
+    """glm_maps sums the blocks' (z, y, x) sums and reports (x, y, z); a block record written
+    before the sums existed (a dry run over an older store) gives None, not an error."""
+    from infra.stages.statmaps import noise_lag1_xyz
+
+    block = [[1.0, 2.0, 2.0], [1.0, 2.0, 2.0], [1.0, 4.0, 4.0]]
+    assert noise_lag1_xyz([block, block]) == [0.25, 0.5, 0.5]
+    assert noise_lag1_xyz([block, None]) is None and noise_lag1_xyz([]) is None

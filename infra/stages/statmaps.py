@@ -55,7 +55,7 @@ def plan_glm_maps(ctx: PlanContext) -> StagePlan:
             continue
         payload = {
             "blocks": [(b.outputs["maps"], b.outputs["block"]) for b in done],
-            "noise_lag1_sums": [b.outputs["noise_lag1_sums"] for b in done],
+            "noise_lag1_sums": [b.outputs.get("noise_lag1_sums") for b in done],
             "names": done[0].outputs["names"],
             "dof": done[0].outputs["dof"],
             "undefined": done[0].outputs["undefined"],
@@ -124,7 +124,9 @@ def run_glm_maps(spec: TaskSpec, record: TaskRecord) -> dict[str, Any]:
 
 def noise_lag1_xyz(block_sums: list) -> list[float] | None:
     """A run's noise lag-1 correlation per voxel axis (x, y, z) from its blocks' sums (z, y, x),
-    or None when an axis has no voxel pairs."""
+    or None when an axis has no voxel pairs or a block has no sums (an older glm record)."""
+    if not block_sums or any(sums is None for sums in block_sums):
+        return None
     lag1 = lag1_correlation(np.sum(np.asarray(block_sums, dtype=np.float64), axis=0))[::-1]
     return [round(float(v), 6) for v in lag1] if np.all(np.isfinite(lag1)) else None
 
