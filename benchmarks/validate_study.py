@@ -20,8 +20,8 @@ three criteria are checked against ``<bids>/derivatives/truth/truth.json``:
    method (Spearman by default; Pearson is shown beside it).
 3. **No false positives.** Every significant cluster of every post - pre map is explained by a
    planted change in that contrast: its peak lies within ``--fp-fwhm`` (1.5) x the FWHM of the
-   change's blob (``change_fwhm_mm`` in the truth; 16.5-22.5 mm for the simulator's 11-15 mm
-   change blobs) of a blob whose change enters the contrast, on the side of that change. Any
+   change's blob (``change_fwhm_mm`` in the truth; 12 mm for the simulator's 8 mm change
+   blobs) of a blob whose change enters the contrast, on the side of that change. Any
    other significant cluster is a false positive.
 
 Where the outputs live: ``manifest/tasks/group_inference/<analysis>.json`` (``outputs.clusters``:
@@ -626,7 +626,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=1.5,
         help="a cluster within this many blob FWHMs of a planted change is "
-        "explained (default 1.5: 22.5 mm for a 15 mm change blob)",
+        "explained (default 1.5: 12 mm for the simulator's 8 mm change blobs)",
     )
     ap.add_argument(
         "--alpha",

@@ -298,7 +298,7 @@ def test_paired_analysis_finds_the_planted_decrease(group):
     assert (table.p_fwe >= 1 / 64).all()
     sig = table[table.p_fwe <= 0.05]
     assert list(sig.side) == ["negative"], table.head()
-    # the planted change is a broad (15 mm) blob: its peak or a listed local maximum is near
+    # the peak of the planted change, or a listed local maximum of its cluster, is near
     peaks = read_tsv(store, rec.outputs["files"]["peaks"])
     peaks = peaks[peaks.cluster.isin(sig.cluster) & (peaks.side == "negative")]
     rtpj = next(np.array(r.mni_mm) for r in ROIS if r.name == "rTPJ")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import nibabel as nib
@@ -13,7 +14,7 @@ from scipy import ndimage
 
 from processing.firstlevel.hrf import convolve_events
 from processing.geometry import apply_affine, rigid_matrix, rms_displacement, volume_center_mm
-from processing.simulate import load_subject_transform, simulate_study
+from processing.simulate import effects, load_subject_transform, simulate_study
 from processing.simulate.design import make_events, roles_for
 from processing.simulate.effects import effect_maps, mni_blobs
 from processing.simulate.phenotype import clinical_scores
@@ -293,10 +294,12 @@ def _half_max_radius_mm(profile: np.ndarray, step_mm: float) -> float:
     return step_mm * (k - 1 + (half[k - 1] - 0.5) / (half[k - 1] - half[k]))
 
 
-def test_planted_change_has_its_own_extent_and_the_session_amplitude_at_the_centre():
+def test_planted_change_has_its_own_extent_and_the_session_amplitude_at_the_centre(monkeypatch):
     """The pre response is drawn with the ROI's blob (8 mm FWHM) and the post - pre change with
-    the change blob (rTPJ 15 mm); at the centre the post map equals the planted post amplitude."""
-    roi = next(r for r in ROIS if r.name == "rTPJ")
+    the change blob (here 15 mm; the default ROIs use their response's 8 mm); at the centre the
+    post map equals the planted post amplitude."""
+    roi = replace(next(r for r in ROIS if r.name == "rTPJ"), change_fwhm_mm=15.0)
+    monkeypatch.setattr(effects, "ROIS", tuple(roi if r.name == "rTPJ" else r for r in ROIS))
     step = 0.5
     affine = np.diag([step, step, step, 1.0])
     affine[:3, 3] = np.asarray(roi.mni_mm) - 30.0
@@ -342,7 +345,7 @@ def test_truth_json_is_self_consistent(study):
     truth = _truth(study)
     assert truth["template"]["space"] == "MNI152NLin2009aSym"
     assert [r["name"] for r in truth["rois"]] == ["rAI", "rTPJ", "dlPFC", "vPCC"]
-    assert [r["change_fwhm_mm"] for r in truth["rois"]] == [None, 15.0, 13.0, 11.0]
+    assert [r["change_fwhm_mm"] for r in truth["rois"]] == [None, 8.0, 8.0, 8.0]
     assert truth["motion"]["excluded_runs"] == len(study.excluded_runs)
     for sub in study.subjects:
         entry = truth["subjects"][sub]
