@@ -32,27 +32,17 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import zarr
 from scipy import ndimage, stats
 
 from infra.manifest import Manifest
 from infra.storage import Store
 
 sys.path.insert(0, str(Path(__file__).parent))
-from validate_study import PAIRED_LABEL, load_truth
+from peak_uncertainty import paired_stack
+from validate_study import load_truth
 
 FWHM_TO_SIGMA = 1.0 / np.sqrt(8.0 * np.log(2.0))
 CONTRASTS = {"P40vsP0": ("rTPJ",), "anticipation": ("dlPFC", "vPCC")}
-
-
-def _stack(store_root: Path, manifest: Manifest, contrast: str):
-    rec = manifest.get("group_stack", f"ses-{PAIRED_LABEL}_task-cuff_contrast-{contrast}")
-    if rec is None or rec.state != "done":
-        raise SystemExit(f"no finished paired group_stack record for {contrast!r}")
-    out = rec.outputs
-    effect = np.asarray(zarr.open_array(str(store_root / out["effect"]), mode="r")[...])
-    mask = np.asarray(zarr.open_array(str(store_root / out["mask"]), mode="r")[...], dtype=bool)
-    return effect, mask, np.asarray(out["affine"], dtype=np.float64), list(out["subjects"])
 
 
 def _mm(affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -98,7 +88,7 @@ def _replant(args, rng, truth, effect, mask, affine, subjects, names):
     voxel_mm = float(abs(affine[0, 0]))
     n = effect.shape[0]
     out = effect.astype(np.float64)
-    field = np.zeros_like(out)
+    field = None
     if args.model == "field":
         field = np.stack([_field(rng, mask.shape, args.field_fwhm, voxel_mm) for _ in range(n)])
     rho_sigma2 = 2 * (args.field_fwhm * FWHM_TO_SIGMA) ** 2
@@ -183,7 +173,8 @@ def main() -> None:
     for draw in range(args.draws):
         rng = np.random.default_rng(draw)
         for contrast, names in CONTRASTS.items():
-            effect, mask, affine, subjects = _stack(args.store, manifest, contrast)
+            effect, _, mask, affine, subjects = paired_stack(args.store, manifest, contrast)
+            effect = np.asarray(effect[...])
             maps, mm = _replant(args, rng, truth, effect, mask, affine, subjects, names)
             centres = {n: (np.asarray(rois[n]["mni_mm"], dtype=np.float64),
                            np.sign(rois[n]["change_mean_sd_psc"][0])) for n in names}  # fmt: skip

@@ -36,7 +36,8 @@ from validate_study import (
 )
 
 
-def _stack(store_root: Path, manifest: Manifest, contrast: str):
+def paired_stack(store_root: Path, manifest: Manifest, contrast: str):
+    """Effect and variance (lazy zarr arrays), mask, affine and subjects of a paired stack."""
     unit = f"ses-{PAIRED_LABEL}_task-cuff_contrast-{contrast}"
     rec = manifest.get("group_stack", unit)
     if rec is None or rec.state != "done":
@@ -45,7 +46,8 @@ def _stack(store_root: Path, manifest: Manifest, contrast: str):
     effect = zarr.open_array(str(store_root / out["effect"]), mode="r")
     variance = zarr.open_array(str(store_root / out["variance"]), mode="r")
     mask = np.asarray(zarr.open_array(str(store_root / out["mask"]), mode="r")[...], dtype=bool)
-    return effect, variance, mask, np.asarray(out["affine"], dtype=np.float64)
+    affine = np.asarray(out["affine"], dtype=np.float64)
+    return effect, variance, mask, affine, list(out["subjects"])
 
 
 def _region(affine, mask, centre_mm, radius_mm):
@@ -93,7 +95,7 @@ def main() -> None:
             continue
         contrast = contrast_label(blob.analysis_contrast)
         sign = expected_sign(blob, contrast_weights(contrast, conditions))
-        effect, variance, mask, affine = _stack(args.store, manifest, contrast)
+        effect, variance, mask, affine, _ = paired_stack(args.store, manifest, contrast)
         centre = np.asarray(blob.mni_mm, dtype=np.float64)
         where, mm = _region(affine, mask, centre, args.radius_mm)
         effects = np.stack([np.asarray(effect[s])[where] for s in range(effect.shape[0])])
