@@ -238,13 +238,16 @@ def cmd_demo(args) -> int:
     )
 
 
+STUDY_HELP = "study file (YAML or JSON, schemas/study.schema.json)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to document the CLI)."""
     parser = argparse.ArgumentParser(prog="boldcloud", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check a study file and its dataset; report every problem")
-    p.add_argument("study")
+    p.add_argument("study", help=STUDY_HELP)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("ingest", help="convert a BIDS dataset's runs to Zarr in a store")
@@ -258,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("run", help="run a study's stages (resumable, incremental)")
-    p.add_argument("study")
+    p.add_argument("study", help=STUDY_HELP)
     p.add_argument("--store", help="override the study's store URL")
     p.add_argument(
         "--dry-run",
@@ -282,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "watch", help="every interval, run the study's new or changed subjects (run --new-only)"
     )
-    p.add_argument("study")
+    p.add_argument("study", help=STUDY_HELP)
     p.add_argument("--store", help="override the study's store URL")
     p.add_argument("--every", default="1h", help="interval: 30s, 15m, 1h (default 1h)")
     p.add_argument("--max-cycles", type=int, default=None, help="stop after N cycles")
@@ -295,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="(re)write the study's self-contained HTML report in the store from its records",
     )
-    p.add_argument("study")
+    p.add_argument("study", help=STUDY_HELP)
     p.add_argument("--store", help="override the study's store URL")
     p.add_argument("--out", help="also copy the report (and the tables it links) to this folder")
     p.set_defaults(func=cmd_report)
@@ -315,23 +318,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("simulate", help="write a simulated reference-study BIDS dataset")
-    p.add_argument("out")
-    p.add_argument("--subjects", type=int, default=20)
-    p.add_argument("--sites", type=int, default=1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", choices=["full", "small"], default="full")
+    p.add_argument("out", help="folder for the BIDS dataset (truth under derivatives/truth)")
+    p.add_argument("--subjects", type=int, default=20, help="subjects to simulate (default 20)")
+    p.add_argument("--sites", type=int, default=1, help="scanner sites (default 1)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="random seed; same seed, same bytes (default 0)"
+    )
+    p.add_argument(
+        "--size",
+        choices=["full", "small"],
+        default="full",
+        help="full: 2 mm BOLD and T1w as in the study; small: 4 mm, for tests and quick "
+        "end-to-end runs (default full)",
+    )
     p.set_defaults(func=cmd_simulate)
 
     p = sub.add_parser("export", help="write an ingested run back to NIfTI")
     p.add_argument("run", help="store key of the run, e.g. raw/sub-01/ses-pre/func/..._bold.zarr")
     p.add_argument("out", help="output .nii or .nii.gz")
-    p.add_argument("--store", required=True)
+    p.add_argument("--store", required=True, help="the store: local path or s3://bucket/prefix")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("demo", help="simulate a small study and run the pipeline on it locally")
-    p.add_argument("--out", default="demo-output")
-    p.add_argument("--subjects", type=int, default=4)
-    p.add_argument("--workers", type=int, default=None)
+    p.add_argument(
+        "--out", default="demo-output", help="folder for the study, data and store (demo-output)"
+    )
+    p.add_argument("--subjects", type=int, default=4, help="subjects to simulate (default 4)")
+    p.add_argument(
+        "--workers", type=int, default=None, help="local Dask workers (default: one per core)"
+    )
     p.add_argument("--cluster", default="local", metavar="PROFILE", help=CLUSTER_HELP)
     p.set_defaults(func=cmd_demo)
     return parser

@@ -77,6 +77,9 @@ def _store_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--study", help=STUDY_HELP)
 
 
+JOB_HELP = "job id printed by 'boldcloud submit'"
+
+
 def add_job_commands(sub, add_execution: Callable[[argparse.ArgumentParser], None]) -> None:
     """Register submit, status, logs, cancel and driver on the ``boldcloud`` subparsers."""
     p = sub.add_parser(
@@ -84,7 +87,7 @@ def add_job_commands(sub, add_execution: Callable[[argparse.ArgumentParser], Non
         help="validate a study, record it as a job in its store and start a driver on the "
         "cluster side; prints the job id at once",
     )
-    p.add_argument("study")
+    p.add_argument("study", help="study file (YAML or JSON, schemas/study.schema.json)")
     p.add_argument("--store", help="override the study's store URL")
     p.add_argument(
         "--stage", action="append", help="only these stages (repeatable or comma-separated)"
@@ -97,23 +100,23 @@ def add_job_commands(sub, add_execution: Callable[[argparse.ArgumentParser], Non
         help="a submitted job (status JOB) or a store's overview: stages x states, progress, "
         "failures, recent jobs",
     )
-    p.add_argument("job", nargs="?", help="job id printed by 'boldcloud submit'")
+    p.add_argument("job", nargs="?", help=JOB_HELP)
     _store_options(p)
     p.set_defaults(func=_command(cmd_status))
 
     p = sub.add_parser("logs", help="print a submitted job's driver log")
-    p.add_argument("job")
+    p.add_argument("job", help=JOB_HELP)
     _store_options(p)
     p.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
     p.set_defaults(func=_command(cmd_logs))
 
     p = sub.add_parser("cancel", help="cancel a submitted job (finished tasks stay recorded)")
-    p.add_argument("job")
+    p.add_argument("job", help=JOB_HELP)
     _store_options(p)
     p.set_defaults(func=_command(cmd_cancel))
 
     p = sub.add_parser("driver", help="run a submitted job (what 'submit' starts; internal)")
-    p.add_argument("job")
+    p.add_argument("job", help=JOB_HELP)
     p.add_argument("--store", required=True, help=STORE_HELP)
     p.set_defaults(func=_command(cmd_driver))
 

@@ -204,6 +204,21 @@ def test_cli_help_names_the_profiles():
     assert "--cluster PROFILE" in text and "slurm" in text and "clusters.yaml" in text
 
 
+def test_every_cli_command_and_argument_has_help():
+    from infra.cli import build_parser
+
+    commands = build_parser()._subparsers._group_actions[0]
+    helped = {a.dest for a in commands._choices_actions}
+    assert helped == set(commands.choices), "a command without help"
+    missing = [
+        f"{name} {action.dest}"
+        for name, parser in commands.choices.items()
+        for action in parser._actions
+        if action.dest != "help" and not action.help
+    ]
+    assert not missing, f"arguments without help: {missing}"
+
+
 def test_local_executor_runs_tasks(tmp_path):
     from infra.runner import _record_cluster
     from infra.storage import Store
