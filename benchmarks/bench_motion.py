@@ -135,52 +135,16 @@ def correct_chunk(args) -> dict:
 
 def sitk_chunk(args) -> dict:
     """Worker: SimpleITK registration of the listed volumes (see module docstring)."""
-    import SimpleITK as sitk
-
-    from processing.geometry import rigid_params, volume_center_mm
+    from sitk_reference import sitk_motion
 
     folder, indices = args
     run = np.load(folder / "run.npy", mmap_mode="r")
     affine = np.load(folder / "affine.npy")
     reference = np.asarray(run[N_VOLUMES // 2])
-    center = volume_center_mm(affine, reference.shape[::-1])
-    flip = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS
-
-    def image(vol):
-        img = sitk.GetImageFromArray(np.asarray(vol, dtype=np.float32))
-        lps = flip @ affine
-        img.SetSpacing(np.linalg.norm(lps[:3, :3], axis=0).tolist())
-        img.SetOrigin(lps[:3, 3].tolist())
-        img.SetDirection((lps[:3, :3] / np.linalg.norm(lps[:3, :3], axis=0)).ravel().tolist())
-        return img
-
-    fixed, params = image(reference), []
     t0 = time.perf_counter()
-    for t in indices:
-        moving = image(run[t])
-        tx = sitk.Euler3DTransform(
-            sitk.CenteredTransformInitializer(
-                fixed, moving, sitk.Euler3DTransform(),
-                sitk.CenteredTransformInitializerFilter.GEOMETRY,
-            )
-        )  # fmt: skip
-        reg = sitk.ImageRegistrationMethod()
-        reg.SetMetricAsMeanSquares()
-        reg.SetMetricSamplingStrategy(reg.RANDOM)
-        reg.SetMetricSamplingPercentage(0.1, 1)
-        reg.SetInterpolator(sitk.sitkLinear)
-        reg.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-4, 200)
-        reg.SetOptimizerScalesFromPhysicalShift()
-        reg.SetShrinkFactorsPerLevel([4, 2, 1])
-        reg.SetSmoothingSigmasPerLevel([2, 1, 0])
-        reg.SetInitialTransform(tx, inPlace=True)
-        reg.Execute(fixed, moving)
-        mat = np.eye(4)
-        rot, cen = np.reshape(tx.GetMatrix(), (3, 3)), np.array(tx.GetCenter())
-        mat[:3, :3], mat[:3, 3] = rot, np.array(tx.GetTranslation()) + cen - rot @ cen
-        params.append(rigid_params(flip @ mat @ flip, center))  # fixed->moving, as our M_t
+    params = sitk_motion((run[t] for t in indices), reference, affine)
     seconds = time.perf_counter() - t0
-    return {"params": np.array(params), "seconds": seconds, "peak_mb": _peak_mb()}
+    return {"params": params, "seconds": seconds, "peak_mb": _peak_mb()}
 
 
 def errors(est: np.ndarray, truth: np.ndarray) -> tuple[float, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,9 @@ from processing.preprocess.motion import (
     rms_displacement_series,
     select_reference,
 )
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+from sitk_reference import sitk_motion  # SimpleITK reference, shared with bench_motion
 
 REAL_RUN = (
     Path(__file__).resolve().parent.parent.parent
@@ -318,59 +322,6 @@ def test_full_size_accuracy():
     volumes = move(image, affine, truth, noise=10.0, seed=9)
     trans_err, rot_err = rms_errors(estimate_motion(volumes, image, affine), truth)
     assert trans_err <= 0.05 and rot_err <= 0.05, (trans_err, rot_err)
-
-
-def sitk_image(volume, affine):
-    """A SimpleITK image (LPS physical space) for a (z, y, x) array with a RAS affine."""
-    import SimpleITK as sitk
-
-    lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
-    u, _, vt = np.linalg.svd(lps[:3, :3] / spacing)  # nearest orthonormal direction matrix
-    img = sitk.GetImageFromArray(np.asarray(volume, dtype=np.float32))
-    img.SetSpacing(spacing.tolist())
-    img.SetOrigin(lps[:3, 3].tolist())
-    img.SetDirection((u @ vt).ravel().tolist())
-    return img
-
-
-def sitk_motion(volumes, reference, affine):
-    """SimpleITK rigid registration, converted to this project's convention.
-
-    SimpleITK's transform maps fixed (reference) LPS points to moving LPS points, so in RAS it is
-    ``F T F`` with ``F = diag(-1, -1, 1)``: the same direction as our ``M_t``.
-    """
-    import SimpleITK as sitk
-
-    from processing.geometry import rigid_params
-
-    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
-    center = volume_center_mm(affine, reference.shape[::-1])
-    fixed, out = sitk_image(reference, affine), []
-    for vol in volumes:
-        moving = sitk_image(vol, affine)
-        tx = sitk.Euler3DTransform(
-            sitk.CenteredTransformInitializer(
-                fixed, moving, sitk.Euler3DTransform(),
-                sitk.CenteredTransformInitializerFilter.GEOMETRY,
-            )
-        )  # fmt: skip
-        reg = sitk.ImageRegistrationMethod()
-        reg.SetMetricAsMeanSquares()
-        reg.SetMetricSamplingStrategy(reg.RANDOM)
-        reg.SetMetricSamplingPercentage(0.1, 1)
-        reg.SetInterpolator(sitk.sitkLinear)
-        reg.SetOptimizerAsRegularStepGradientDescent(1.0, 1e-4, 200)
-        reg.SetOptimizerScalesFromPhysicalShift()
-        reg.SetShrinkFactorsPerLevel([4, 2, 1])
-        reg.SetSmoothingSigmasPerLevel([2, 1, 0])
-        reg.SetInitialTransform(tx, inPlace=True)
-        reg.Execute(fixed, moving)
-        mat = np.eye(4)
-        rot, cen = np.reshape(tx.GetMatrix(), (3, 3)), np.array(tx.GetCenter())
-        mat[:3, :3], mat[:3, 3] = rot, np.array(tx.GetTranslation()) + cen - rot @ cen
-        out.append(rigid_params(flip @ mat @ flip, center))
-    return np.array(out)
 
 
 @pytest.mark.shared
