@@ -218,14 +218,16 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="normalise",
         kernels=(normalise_t1, register_epi_to_t1, normalise_epi, resample_to_template),
-        version="3",  # 2: >= 4 mm images register on the 4 mm grid; 3: propagated variance
+        version="4",  # 2: >= 4 mm images register on the 4 mm grid; 3: propagated variance;
+        # 4: EPI -> T1w (and the flip check) on the T1w block-averaged to the EPI's voxel size
         inputs=("source:T1w", "work:session_maps"),
         outputs=("work:template_maps", "derivatives:statmap", "derivatives:xfm", "figures:reg"),
         granularity="subject",
         chunk_axis="none",
         params=(),
         description="T1w -> MNI152NLin2009aSym 2 mm (affine + SyN; on the 4 mm grid for a T1w "
-        "of >= 4 mm voxels), mean EPI -> T1w (rigid), composed and applied once to each "
+        "of >= 4 mm voxels), mean EPI -> T1w (rigid, the T1w averaged to the EPI's voxel size "
+        "when finer), composed and applied once to each "
         "session's effect, variance, mask and mean image; variance maps become the variance of "
         "the resampled effect (from the noise's lag-1 correlation).",
     ),

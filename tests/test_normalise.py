@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.ndimage import map_coordinates
 
 from processing.geometry import rigid_matrix, rigid_params, volume_center_mm
 from processing.normalise import (
@@ -34,6 +35,7 @@ from processing.normalise import (
     transform_from_files,
     transform_to_files,
 )
+from processing.normalise.register import coarsen_to
 from processing.preprocess.masks import t1_brain_mask
 from processing.simulate.specs import BASE_SITES, ROIS
 from processing.simulate.subject import build_subject
@@ -177,6 +179,69 @@ def test_epi_to_t1_rigid_recovers_a_known_offset(small, small_t1):
     assert np.allclose(
         fit.moving_to_fixed[:3, :3] @ by_hand.T + fit.moving_to_fixed[:3, 3:], t1_mm.T, atol=1e-6
     )
+
+
+def test_coarsen_to_keeps_world_positions():
+    """Block means of a linear function of world position equal it at the coarse centres."""
+    affine = rigid_matrix([4.0, -3.0, 2.0, 0.1, -0.2, 0.15]) @ np.diag([1.0, 1.2, 0.9, 1.0])
+    affine[:3, 3] += [-90.0, -120.0, -70.0]
+    shape = (23, 30, 41)  # (z, y, x): axes of 0.9, 1.2 and 1.0 mm
+    idx = np.moveaxis(np.indices(shape, dtype=np.float64)[::-1], 0, -1)  # (z, y, x, [x, y, z])
+    world = idx @ affine[:3, :3].T + affine[:3, 3]
+    image = world @ np.array([0.5, -1.5, 2.0]) + 7.0
+    coarse, coarse_affine = coarsen_to(image, affine, 2.5)
+    k_xyz = np.array([2, 2, 2])  # floor(2.5 / 1.0), floor(2.5 / 1.2), floor(2.5 / 0.9)
+    assert coarse.shape == (11, 15, 20)
+    assert np.allclose(np.linalg.norm(coarse_affine[:3, :3], axis=0), [2.0, 2.4, 1.8])
+    cidx = np.moveaxis(np.indices(coarse.shape, dtype=np.float64)[::-1], 0, -1)
+    cworld = cidx @ coarse_affine[:3, :3].T + coarse_affine[:3, 3]
+    assert np.allclose(coarse, cworld @ np.array([0.5, -1.5, 2.0]) + 7.0, atol=1e-3)
+    first_block = image[:2, :2, :2].mean()
+    assert coarse[0, 0, 0] == pytest.approx(first_block, abs=1e-4) and k_xyz.prod() == 8
+    same, same_affine = coarsen_to(image, affine, 1.9)  # only the 0.9 mm axis is halved
+    assert same.shape == (11, 30, 41) and np.allclose(same_affine[:3, 0], affine[:3, 0])
+    untouched, _ = coarsen_to(image, affine, 1.0)
+    assert untouched.shape == shape
+    with pytest.raises(ValueError, match="voxel_mm must be positive, got 0"):
+        coarsen_to(image, affine, 0.0)
+    with pytest.raises(ValueError, match=r"smaller than one 100\.0 mm voxel"):
+        coarsen_to(image, affine, 100.0)
+
+
+def _upsampled(volume: np.ndarray, affine: np.ndarray, order: int = 1):
+    """The (z, y, x) volume on a grid of half its voxel size over the same world space."""
+    fine = affine.copy()
+    fine[:3, :3] = affine[:3, :3] / 2
+    fine[:3, 3] = affine[:3, :3] @ np.full(3, -0.25) + affine[:3, 3]
+    coords = (np.indices([2 * n for n in volume.shape], dtype=np.float64) - 0.5) / 2
+    data = map_coordinates(np.asarray(volume, np.float32), coords, order=order, mode="nearest")
+    return data, fine
+
+
+def test_t1_finer_than_the_epi_registers_at_the_epis_voxel_size(small, small_t1):
+    """A 2 mm T1w (the 4 mm one upsampled) against the 4 mm EPI: the rigid fit recovers the
+    planted offset as the 4 mm T1w does, and the flip check still tells a mirrored T1w."""
+    t1, t1_affine = _upsampled(small.t1_raw.T, small.t1_affine)
+    mask = _upsampled(small_t1.brain_mask.astype(np.float32), small.t1_affine)[0] >= 0.5
+    centre = volume_center_mm(small.bold_affine, small.bold_shape[::-1])
+    offset = rigid_matrix([3.0, -2.5, 4.0, np.deg2rad(3), np.deg2rad(-2), np.deg2rad(4)], centre)
+    fine = register_epi_to_t1(small.baseline, offset @ small.bold_affine, t1, t1_affine, mask)
+    coarse = register_epi_to_t1(
+        small.baseline, offset @ small.bold_affine, small.t1_raw.T, small.t1_affine,
+        small_t1.brain_mask,
+    )  # fmt: skip
+    for fit in (fine, coarse):
+        residual = rigid_params(fit.moving_to_fixed @ offset, centre)
+        assert np.abs(residual[:3]).max() < 1.0, residual
+        assert np.rad2deg(np.abs(residual[3:])).max() < 1.0, residual
+    between = rigid_params(fine.moving_to_fixed @ np.linalg.inv(coarse.moving_to_fixed), centre)
+    assert np.abs(between[:3]).max() < 0.5 and np.rad2deg(np.abs(between[3:])).max() < 0.5
+    good = lr_flip_check(small.baseline, small.bold_affine, t1, t1_affine, mask)
+    bad = lr_flip_check(
+        small.baseline, small.bold_affine, np.flip(t1, axis=2).copy(), t1_affine,
+        np.flip(mask, axis=2).copy(),
+    )  # fmt: skip
+    assert not good.flipped and bad.flipped, (good, bad)
 
 
 def test_left_right_flipped_t1_is_flagged(small):

@@ -241,6 +241,11 @@ def lr_flip_check(
 ) -> FlipCheck:
     """Detect a T1w whose left and right are swapped relative to the EPI of the same head.
 
+    The EPI is registered rigidly (MI) to the T1w brain and to its mirror image, and the NMI of
+    each fit is compared. A T1w finer than the EPI is block-averaged to the EPI's voxel size
+    first (:func:`~processing.normalise.register.coarsen_to`), as in
+    :func:`~processing.normalise.normalise.register_epi_to_t1`.
+
     Parameters
     ----------
     mean_epi : array_like, shape (z, y, x)
@@ -261,12 +266,13 @@ def lr_flip_check(
     -------
     FlipCheck
     """
-    from processing.normalise.register import RegistrationSettings, affine_register
+    from processing.normalise.register import RegistrationSettings, affine_register, coarsen_to
     from processing.normalise.resample import sample_at_points
+    from processing.preprocess.smoothing import voxel_sizes_zyx
 
-    t1_aff = np.asarray(t1_affine, dtype=np.float64)
     epi_aff = np.asarray(epi_affine, dtype=np.float64)
     brain = np.asarray(t1, dtype=np.float32) * np.asarray(t1_mask, dtype=bool)
+    brain, t1_aff = coarsen_to(brain, t1_affine, float(voxel_sizes_zyx(epi_aff).min()))
     epi = np.asarray(mean_epi, dtype=np.float32)
     fast = RegistrationSettings(affine_iters=(100, 50, 10), mi_sampling=None)
     idx = np.indices(brain.shape, dtype=np.float64)[::-1]

@@ -26,6 +26,7 @@ __all__ = [
     "RegistrationSettings",
     "affine_register",
     "centre_of_mass_mm",
+    "coarsen_to",
     "syn_register",
 ]
 
@@ -115,6 +116,57 @@ def centre_of_mass_mm(image: ArrayLike, affine: ArrayLike) -> NDArray[np.float64
     zyx = np.array(ndimage.center_of_mass(arr))
     aff = _affine(affine)
     return aff[:3, :3] @ zyx[::-1] + aff[:3, 3]
+
+
+def coarsen_to(
+    image: ArrayLike, affine: ArrayLike, voxel_mm: float
+) -> tuple[NDArray[np.float32], NDArray[np.float64]]:
+    """Block means of an image on a grid no finer than ``voxel_mm``, over the same world space.
+
+    Along each axis whose voxel is at most half of ``voxel_mm``, ``k = floor(voxel_mm /
+    voxel)`` neighbouring voxels are averaged (a box filter, then every ``k``-th sample); the
+    new voxel centre is the block's centre, so world positions are kept exactly. Trailing voxels
+    that do not fill a block are dropped. Used to register a fine image (a 1 mm T1w) against a
+    coarse one (a 2-3 mm EPI): the fine grid adds nothing the coarse image resolves and costs
+    ``k**3`` per iteration.
+
+    Parameters
+    ----------
+    image : array_like, shape (z, y, x)
+        Image.
+    affine : array_like, shape (4, 4)
+        Voxel ``(x, y, z)`` -> mm.
+    voxel_mm : float
+        Target voxel size (mm), e.g. the smallest voxel size of the other image.
+
+    Returns
+    -------
+    image : ndarray, shape (z // kz, y // ky, x // kx), float32
+        Block means (``image`` itself, as float32, when no axis is coarsened).
+    affine : ndarray, shape (4, 4)
+        Voxel -> mm of the coarse grid.
+    """
+    arr = np.asarray(image, dtype=np.float32)
+    aff = _affine(affine)
+    if arr.ndim != 3:
+        raise ValueError(f"expected a 3-D (z, y, x) volume, got shape {arr.shape}")
+    if not voxel_mm > 0:
+        raise ValueError(f"voxel_mm must be positive, got {voxel_mm}")
+    sizes_xyz = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
+    k_xyz = np.maximum(1, np.floor(voxel_mm / sizes_xyz + 1e-6)).astype(int)
+    k_zyx = tuple(int(k) for k in k_xyz[::-1])
+    shape = tuple(n // k for n, k in zip(arr.shape, k_zyx, strict=True))
+    if k_zyx == (1, 1, 1):
+        return arr, aff
+    if min(shape) == 0:
+        raise ValueError(f"image of shape {arr.shape} is smaller than one {voxel_mm} mm voxel")
+    blocks = arr[: shape[0] * k_zyx[0], : shape[1] * k_zyx[1], : shape[2] * k_zyx[2]]
+    blocks = blocks.reshape(shape[0], k_zyx[0], shape[1], k_zyx[1], shape[2], k_zyx[2])
+    coarse = blocks.mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
+    out = aff.copy()
+    out[:3, :3] = aff[:3, :3] * k_xyz
+    out[:3, 3] = aff[:3, :3] @ ((k_xyz - 1) / 2.0) + aff[:3, 3]
+    return coarse, out
 
 
 def affine_register(
