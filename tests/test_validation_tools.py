@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from infra.arrays import write_tsv
 from infra.manifest import TaskRecord
+from infra.storage import Store
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 from validate_seeds import main as seeds_main
@@ -26,6 +29,9 @@ from validate_study import (
 CONDITIONS = {"P40", "P0", "anticipation"}
 RTPJ = Blob("rTPJ", np.array([54.0, -48.0, 24.0]), 8.0, "P40vsP0", "P40", -0.3)
 DLPFC = Blob("dlPFC", np.array([-40.0, 30.0, 30.0]), 8.0, "P40vsP0", "P40", 0.25)
+ANTICIPATION_RISE = Blob(
+    "dlPFC", np.array([-40.0, 30.0, 30.0]), 8.0, "anticipation", "anticipation", 1.0
+)
 NO_CHANGE = Blob("S2", np.array([-50.0, -20.0, 20.0]), 8.0, "P40", None, 0.0)
 
 
@@ -62,13 +68,44 @@ def test_a_cluster_is_explained_only_by_a_change_of_its_side_nearby():
             outputs={"clusters": [_cluster(1, "negative", [54.0, -48.0, 24.0], 0.04)]},
         ),
     }
-    rows = check_false_positives([RTPJ, DLPFC, NO_CHANGE], paired, 0.05, CONDITIONS, 1.5)
+    rows = check_false_positives(None, [RTPJ, DLPFC, NO_CHANGE], paired, 0.05, CONDITIONS, 1.5)
     verdict = {(r["analysis"].split()[-1], r["cluster"]): r["false_positive"] for r in rows}
     assert verdict == {
         ("P40vsP0", 1): False, ("P40vsP0", 2): True, ("P40vsP0", 3): False,
         ("P40vsP0", 4): True, ("anticipation", 1): True,
     }  # fmt: skip
     assert next(r["explained_by"] for r in rows if r["cluster"] == 1) == ["rTPJ"]
+
+
+def test_a_cluster_with_a_local_maximum_on_the_change_is_explained(tmp_path):
+    """The peak 13.4 mm from dlPFC (farther than 1.5 x 8 mm), a listed local maximum 5 mm from
+    it: the cluster is where the change was planted (as seed 7's anticipation cluster)."""
+    store = Store(str(tmp_path))
+    maxima = pd.DataFrame(
+        {"cluster": [4, 4, 5], "side": ["positive", "positive", "negative"],
+         "x_mm": [-40.0, -44.0, -40.0], "y_mm": [20.0, 30.0, 30.0], "z_mm": [39.0, 33.0, 30.0],
+         "z": [4.0, 3.6, -3.0]}
+    )  # fmt: skip
+    write_tsv(store, "group/peaks.tsv", maxima)
+    rec = TaskRecord(
+        "group_inference",
+        "x",
+        state="done",
+        outputs={
+            "clusters": [
+                _cluster(4, "positive", [-40.0, 20.0, 39.0], 0.0004),
+                _cluster(5, "negative", [-40.0, 30.0, 30.0], 0.01),  # dlPFC rises: wrong side
+            ],
+            "files": {"peaks": "group/peaks.tsv"},
+        },
+    )
+    blobs, paired = [ANTICIPATION_RISE], {"anticipation": rec}
+    by_peak = check_false_positives(None, blobs, paired, 0.05, CONDITIONS, 1.5)
+    assert [r["false_positive"] for r in by_peak] == [True, True]
+    rows = check_false_positives(store, blobs, paired, 0.05, CONDITIONS, 1.5)
+    assert [r["false_positive"] for r in rows] == [False, True]
+    assert rows[0]["nearest_blob_mm"] == pytest.approx(13.4, abs=0.1)
+    assert rows[0]["nearest_blob_max_mm"] == pytest.approx(5.0, abs=1e-9)
 
 
 def test_wilson_interval():
