@@ -158,8 +158,8 @@ def test_null_familywise_error_rate_is_near_five_percent():
         out = permutation_batch(data, design, "mean", perms, mask)
         for key in hits:  # the observed (identity) maximum is significant at 5 %
             hits[key] += fwe_p(out[key][0], out[key])[()] <= 0.05 and out[key][0] > 0
-    rates = {k: v / n_sims for k, v in hits.items()}
-    assert all(0.02 <= r <= 0.09 for r in rates.values()), rates
+    rates = {k: v / n_sims for k, v in hits.items()}  # issue 6: within [0.02, 0.08]
+    assert all(0.02 <= r <= 0.08 for r in rates.values()), rates
 
 
 def test_a_planted_blob_is_detected_and_nothing_elsewhere():
