@@ -24,14 +24,23 @@ import numpy as np
 from scipy import ndimage
 
 
-def _fine_t1(t1_zyx: np.ndarray, affine: np.ndarray, factor: int = 2):
-    """The T1w on a grid ``factor`` times finer over the same world space (cubic)."""
+def finer_grid(
+    volume: np.ndarray, affine: np.ndarray, factor: int = 2, order: int = 3
+) -> tuple[np.ndarray, np.ndarray]:
+    """A (z, y, x) volume on a grid ``factor`` times finer over the same world space.
+
+    Fine voxel ``j`` sits at coarse index ``(j - (factor - 1) / 2) / factor`` on each axis,
+    so :func:`processing.normalise.register.coarsen_to` maps the fine grid back onto the
+    coarse one exactly. Spline interpolation of ``order``, nearest at the faces; float32.
+    """
     fine = affine.copy()
     fine[:3, :3] = affine[:3, :3] / factor
     fine[:3, 3] = affine[:3, :3] @ np.full(3, -(factor - 1) / (2 * factor)) + affine[:3, 3]
-    shape = [factor * n for n in t1_zyx.shape]
+    shape = [factor * n for n in volume.shape]
     coords = (np.indices(shape, dtype=np.float32) - (factor - 1) / 2) / factor
-    data = ndimage.map_coordinates(t1_zyx.astype(np.float32), coords, order=3, mode="nearest")
+    data = ndimage.map_coordinates(
+        np.asarray(volume, dtype=np.float32), coords, order=order, mode="nearest"
+    )
     return data.astype(np.float32), fine
 
 
@@ -53,7 +62,7 @@ def main() -> None:
     from processing.simulate.subject import build_subject
 
     space = build_subject(0, 0, BASE_SITES[0], "full")
-    t1, t1_affine = _fine_t1(space.t1_raw.T, space.t1_affine)
+    t1, t1_affine = finer_grid(space.t1_raw.T, space.t1_affine)
     mask = t1_brain_mask(t1, t1_affine)
     print(f"T1w {t1.shape} at 1 mm, brain {int(mask.sum())} voxels; EPI {space.baseline.shape}")
     centre = volume_center_mm(space.bold_affine, space.bold_shape[::-1])

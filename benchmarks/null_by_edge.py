@@ -15,30 +15,21 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
-import zarr
 from scipy import ndimage, stats
 
 from infra.manifest import Manifest
 from infra.storage import Store
 
+sys.path.insert(0, str(Path(__file__).parent))
+from peak_uncertainty import paired_stack
+
 CONTRASTS = ("P40", "P0", "P40vsP0", "anticipation")
 EDGES_MM = (0.0, 4.1, 8.1, 16.1, np.inf)
 T_LIMIT = 3.5
-
-
-def paired_voxels(
-    root: Path, outputs: dict
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Effects and variances (subjects, voxels), voxel indices (voxels, 3) and the affine."""
-    mask = np.asarray(zarr.open_array(str(root / outputs["mask"]), mode="r")[...], dtype=bool)
-    idx = np.argwhere(mask)
-    at = (slice(None), idx[:, 0], idx[:, 1], idx[:, 2])
-    effect = np.asarray(zarr.open_array(str(root / outputs["effect"]), mode="r")[...])[at]
-    variance = np.asarray(zarr.open_array(str(root / outputs["variance"]), mode="r")[...])[at]
-    return effect.astype(np.float64), variance.astype(np.float64), idx, mask
 
 
 def table(store: Path, bids: Path, away_mm: float) -> list[dict]:
@@ -48,11 +39,11 @@ def table(store: Path, bids: Path, away_mm: float) -> list[dict]:
     planted = np.array([r["mni_mm"] for r in truth["rois"]], dtype=float)
     rows = []
     for contrast in CONTRASTS:
-        rec = manifest.get("group_stack", f"ses-postMinusPre_task-cuff_contrast-{contrast}")
-        if rec is None or rec.state != "done":
-            continue
-        effect, variance, idx, mask = paired_voxels(store, rec.outputs)
-        affine = np.asarray(rec.outputs["affine"], dtype=np.float64)
+        effect, variance, mask, affine, _ = paired_stack(store, manifest, contrast)
+        idx = np.argwhere(mask)
+        at = (slice(None), idx[:, 0], idx[:, 1], idx[:, 2])
+        effect = np.asarray(effect[...], dtype=np.float64)[at]
+        variance = np.asarray(variance[...], dtype=np.float64)[at]
         mm = idx[:, ::-1] @ affine[:3, :3].T + affine[:3, 3]
         far = np.linalg.norm(mm[:, None] - planted[None], axis=2).min(axis=1) > away_mm
         voxel_mm = float(np.linalg.norm(affine[:3, 0]))

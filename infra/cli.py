@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from infra.jobcli import add_job_commands
+from infra.jobcli import STUDY_FILE_HELP, add_job_commands
 from infra.lease import LEASE_BUSY, LeaseHeld
 from infra.storage import StorageUnreachable, Store
 
@@ -238,16 +238,13 @@ def cmd_demo(args) -> int:
     )
 
 
-STUDY_HELP = "study file (YAML or JSON, schemas/study.schema.json)"
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used to document the CLI)."""
     parser = argparse.ArgumentParser(prog="boldcloud", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("validate", help="check a study file and its dataset; report every problem")
-    p.add_argument("study", help=STUDY_HELP)
+    p.add_argument("study", help=STUDY_FILE_HELP)
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("ingest", help="convert a BIDS dataset's runs to Zarr in a store")
@@ -261,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("run", help="run a study's stages (resumable, incremental)")
-    p.add_argument("study", help=STUDY_HELP)
+    p.add_argument("study", help=STUDY_FILE_HELP)
     p.add_argument("--store", help="override the study's store URL")
     p.add_argument(
         "--dry-run",
@@ -285,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "watch", help="every interval, run the study's new or changed subjects (run --new-only)"
     )
-    p.add_argument("study", help=STUDY_HELP)
+    p.add_argument("study", help=STUDY_FILE_HELP)
     p.add_argument("--store", help="override the study's store URL")
     p.add_argument("--every", default="1h", help="interval: 30s, 15m, 1h (default 1h)")
     p.add_argument("--max-cycles", type=int, default=None, help="stop after N cycles")
@@ -298,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="(re)write the study's self-contained HTML report in the store from its records",
     )
-    p.add_argument("study", help=STUDY_HELP)
+    p.add_argument("study", help=STUDY_FILE_HELP)
     p.add_argument("--store", help="override the study's store URL")
     p.add_argument("--out", help="also copy the report (and the tables it links) to this folder")
     p.set_defaults(func=cmd_report)

@@ -14,6 +14,7 @@ from infra.storage import Store
 
 STORE_HELP = "the study's store URL (local path or s3://bucket/prefix)"
 STUDY_HELP = "a study file: its 'store:' is used when no --store"
+STUDY_FILE_HELP = "study file (YAML or JSON, schemas/study.schema.json)"
 CONSOLE = Console(soft_wrap=True)
 
 
@@ -87,7 +88,7 @@ def add_job_commands(sub, add_execution: Callable[[argparse.ArgumentParser], Non
         help="validate a study, record it as a job in its store and start a driver on the "
         "cluster side; prints the job id at once",
     )
-    p.add_argument("study", help="study file (YAML or JSON, schemas/study.schema.json)")
+    p.add_argument("study", help=STUDY_FILE_HELP)
     p.add_argument("--store", help="override the study's store URL")
     p.add_argument(
         "--stage", action="append", help="only these stages (repeatable or comma-separated)"

@@ -7,11 +7,11 @@ fast (~90 s together on 2 cores); the full-size acceptance test (T1w 2 mm -> MNI
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy.ndimage import map_coordinates
 
 from processing.geometry import rigid_matrix, rigid_params, volume_center_mm
 from processing.normalise import (
@@ -40,6 +40,9 @@ from processing.preprocess.masks import t1_brain_mask
 from processing.simulate.specs import BASE_SITES, ROIS
 from processing.simulate.subject import build_subject
 from processing.simulate.truth import mni_grid
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+from bench_epi_to_t1 import finer_grid  # the 1 mm T1w of the benchmark, made the same way
 
 
 def _brain_points(template, step: int = 1) -> np.ndarray:
@@ -208,21 +211,11 @@ def test_coarsen_to_keeps_world_positions():
         coarsen_to(image, affine, 100.0)
 
 
-def _upsampled(volume: np.ndarray, affine: np.ndarray, order: int = 1):
-    """The (z, y, x) volume on a grid of half its voxel size over the same world space."""
-    fine = affine.copy()
-    fine[:3, :3] = affine[:3, :3] / 2
-    fine[:3, 3] = affine[:3, :3] @ np.full(3, -0.25) + affine[:3, 3]
-    coords = (np.indices([2 * n for n in volume.shape], dtype=np.float64) - 0.5) / 2
-    data = map_coordinates(np.asarray(volume, np.float32), coords, order=order, mode="nearest")
-    return data, fine
-
-
 def test_t1_finer_than_the_epi_registers_at_the_epis_voxel_size(small, small_t1):
     """A 2 mm T1w (the 4 mm one upsampled) against the 4 mm EPI: the rigid fit recovers the
     planted offset as the 4 mm T1w does, and the flip check still tells a mirrored T1w."""
-    t1, t1_affine = _upsampled(small.t1_raw.T, small.t1_affine)
-    mask = _upsampled(small_t1.brain_mask.astype(np.float32), small.t1_affine)[0] >= 0.5
+    t1, t1_affine = finer_grid(small.t1_raw.T, small.t1_affine, order=1)
+    mask = finer_grid(small_t1.brain_mask, small.t1_affine, order=1)[0] >= 0.5
     centre = volume_center_mm(small.bold_affine, small.bold_shape[::-1])
     offset = rigid_matrix([3.0, -2.5, 4.0, np.deg2rad(3), np.deg2rad(-2), np.deg2rad(4)], centre)
     fine = register_epi_to_t1(small.baseline, offset @ small.bold_affine, t1, t1_affine, mask)

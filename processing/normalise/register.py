@@ -21,6 +21,8 @@ import numpy as np
 from numpy.typing import ArrayLike, NDArray
 from scipy import ndimage
 
+from processing.preprocess.smoothing import voxel_sizes_zyx
+
 __all__ = [
     "AffineResult",
     "RegistrationSettings",
@@ -152,17 +154,16 @@ def coarsen_to(
         raise ValueError(f"expected a 3-D (z, y, x) volume, got shape {arr.shape}")
     if not voxel_mm > 0:
         raise ValueError(f"voxel_mm must be positive, got {voxel_mm}")
-    sizes_xyz = np.sqrt((aff[:3, :3] ** 2).sum(axis=0))
-    k_xyz = np.maximum(1, np.floor(voxel_mm / sizes_xyz + 1e-6)).astype(int)
-    k_zyx = tuple(int(k) for k in k_xyz[::-1])
-    shape = tuple(n // k for n, k in zip(arr.shape, k_zyx, strict=True))
-    if k_zyx == (1, 1, 1):
+    k_zyx = np.maximum(1, np.floor(voxel_mm / voxel_sizes_zyx(aff) + 1e-6)).astype(int)
+    if (k_zyx == 1).all():
         return arr, aff
+    shape = tuple(int(n) // int(k) for n, k in zip(arr.shape, k_zyx, strict=True))
     if min(shape) == 0:
         raise ValueError(f"image of shape {arr.shape} is smaller than one {voxel_mm} mm voxel")
     blocks = arr[: shape[0] * k_zyx[0], : shape[1] * k_zyx[1], : shape[2] * k_zyx[2]]
     blocks = blocks.reshape(shape[0], k_zyx[0], shape[1], k_zyx[1], shape[2], k_zyx[2])
     coarse = blocks.mean(axis=(1, 3, 5), dtype=np.float64).astype(np.float32)
+    k_xyz = k_zyx[::-1]
     out = aff.copy()
     out[:3, :3] = aff[:3, :3] * k_xyz
     out[:3, 3] = aff[:3, :3] @ ((k_xyz - 1) / 2.0) + aff[:3, 3]
